@@ -1,0 +1,66 @@
+"""Ideal top-K sparse attention over the full cache: the quality ceiling ADORE approximates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adore.errors import ConfigError
+from adore.policy import KVPolicy
+from adore.registry import register_method
+
+
+@register_method("topk")
+@dataclass
+class TopKAttention(KVPolicy):
+    """Every decode query attends only to its ``K`` keys of highest score, chosen from the full cache.
+
+    Nothing is evicted (``m`` stays unset): this is the oracle sparse attention ADORE's controller is
+    trained to imitate. Selection is per query head; ties at the K-th score keep all tied keys.
+
+    Attributes:
+        K: keys each query attends to.
+        sparse_prefill: also sparsify the prompt's queries (default: prefill is full attention,
+            as for every other method).
+        chunk: query rows processed at once (bounds memory on long prefills).
+    """
+
+    K: int = 64
+    m: int | None = None
+    sparse_prefill: bool = False
+    chunk: int = 256
+
+    overrides_attention = True
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.K, int) or self.K <= 0:
+            raise ConfigError(f"method.K must be a positive integer, got {self.K!r}")
+
+    def attend(self, module, query, key, value, mask, scaling):  # noqa: ANN001 - signature of KVPolicy.attend
+        B, Hq, q, D = query.shape
+        n_rep = Hq // key.shape[1]
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+        sparse = q == 1 or self.sparse_prefill
+        out = []
+        for start in range(0, q, self.chunk):
+            stop = min(start + self.chunk, q)
+            logits = (query[:, :, start:stop].float() @ key.float().transpose(-1, -2)) * scaling
+            logits = logits.masked_fill(~self._visible(mask, start, stop, q, key.shape[2], query.device), float("-inf"))
+            if sparse and logits.shape[-1] > self.K:
+                kth = logits.topk(self.K, dim=-1).values[..., -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = torch.nan_to_num(logits.softmax(-1), nan=0.0).to(value.dtype)
+            out.append(probs @ value)
+        return torch.cat(out, dim=2).transpose(1, 2).contiguous()
+
+    @staticmethod
+    def _visible(mask, start: int, stop: int, q: int, k: int, device) -> torch.Tensor:  # noqa: ANN001
+        """Bool ``[B|1, Hq|1, rows, K]``: the given mask, or the causal one (queries are the last ``q`` keys)."""
+        if mask is None:
+            rows = torch.arange(start, stop, device=device)[:, None] + (k - q)
+            return torch.arange(k, device=device)[None, :] <= rows
+        mask = mask[:, :, start:stop]
+        return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min
