@@ -47,7 +47,7 @@ class AttentionView:
     def row_chunks(self, rows: range | None = None) -> Iterator[tuple[range, torch.Tensor]]:
         """Yield ``(rows, probs)`` with probs ``[B, H, n_rep, r, K]`` float32, ``r`` rows at a time."""
         rows = rows if rows is not None else range(self.q_len)
-        B, Hq, _, D = self.query.shape
+        B, _, _, D = self.query.shape
         H = self.key.shape[1]
         key = self.key.float()
         for start in range(rows.start, rows.stop, self.chunk):

@@ -137,9 +137,7 @@ class PolicyLayer(DynamicLayer):
             # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
             victim = priority.argmin(dim=-1, keepdim=True)  # [B, H, 1]
             for name, tensor in self._slot_tensors():
-                index = victim.view(*victim.shape, *([1] * (tensor.dim() - 3))).expand(
-                    *victim.shape, *tensor.shape[3:]
-                )
+                index = victim.view(*victim.shape, *([1] * (tensor.dim() - 3))).expand(*victim.shape, *tensor.shape[3:])
                 tensor.scatter_(2, index, tensor[:, :, -1:].clone())
                 self._set(name, tensor[:, :, :-1])
         else:

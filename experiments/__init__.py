@@ -1,0 +1,1 @@
+"""Tasks of the harness: generation evaluation, metrics, result rows, reports."""

