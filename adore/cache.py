@@ -83,13 +83,15 @@ class PolicyLayer(DynamicLayer):
         self.valid = torch.cat([self.valid, new_valid.to(key_states.device)[:, None].expand(B, H, q)], dim=2)
         self.has_invalid = self.has_invalid or not bool(new_valid.all())
         self.seen += q
+        if self.layer_idx == 0:
+            self.owner.note_positions(new_pos, new_valid)
         rope = forwarded.get("position_ids")
         self.step_rope_positions = new_pos if rope is None else rope
         self.policy.on_append(self, q)
 
         # Publish ourselves (and a mask, when the model's index-causal mask would be wrong) to the
         # attention function through the kwargs dict that LlamaAttention hands to both calls.
-        sdpa_needs_mask = self.has_invalid or (q > 1 and stored > 0)
+        sdpa_needs_mask = self.has_invalid or self.owner.out_of_order or (q > 1 and stored > 0)
         scores_need_mask = self.policy.needs_scores and (q > 1 or self.has_invalid)
         mask = score_mask = None
         if sdpa_needs_mask or scores_need_mask:
@@ -182,7 +184,20 @@ class PolicyCache(Cache):
         self.rotary_inv_freq = rotary_inv_freq  # for policies that re-rotate keys
         self.step_positions: torch.Tensor | None = None
         self.step_valid: torch.Tensor | None = None
+        self.max_fed: torch.Tensor | None = None  # [B] latest position fed per sequence
+        self.out_of_order = False  # this step feeds a token at or before an already fed position
         super().__init__(layers=[PolicyLayer(policy, self, i) for i in range(num_layers)])
+
+    def note_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which
+        need a position mask even for a single token."""
+        latest = positions.masked_fill(~valid, -1).amax(dim=-1)
+        earliest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(dim=-1)
+        if self.max_fed is None:
+            self.out_of_order, self.max_fed = False, latest
+        else:
+            self.out_of_order = bool((earliest <= self.max_fed).any())
+            self.max_fed = torch.maximum(self.max_fed, latest)
 
     def check_budget(self) -> None:
         """Raise if any layer holds more than the budget or a step's eviction never ran."""
