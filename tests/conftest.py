@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from adore.attention import register  # noqa: E402
+from adore.attention import register
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path(os.environ.get("ADORE_MODELS_DIR", ROOT / "models")) / "smollm2-135m"

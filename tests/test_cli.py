@@ -1,0 +1,74 @@
+"""run.py end to end: a real run writes a row and predictions; bad input gives one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.results import ROW_KEYS
+from tests.conftest import ROOT
+
+
+def run_cli(*args: str, results_dir) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args, f"results_dir={results_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["method=nope"], "error: unknown method 'nope'; choose one of: full, h2o"),
+        (["dataset=nope"], "error: unknown dataset 'nope'; choose one of: aclsum"),
+        (["method=h2o", "method.m=0"], "error: method.m must be a positive integer, got 0"),
+        (["method=window", "method.m=-5"], "error: method.m must be a positive integer, got -5"),
+        (["method=streaming_llm", "method.m=4"], "error: method.m=4 must be larger than the 4 sink tokens"),
+        (["method=topk", "method.K=0"], "error: method.K must be a positive integer"),
+        (["method=window", "method.R=3"], "error: method 'window' has no parameter 'R'"),
+        (["model.path=/no/such/model"], "error: model path '/no/such/model' has no config.json"),
+        (["max_new_tokens=0"], "error: max_new_tokens must be positive"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli(*args, "dataset.limit=1", results_dir=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[-1].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.model
+def test_generate_run_writes_row_and_predictions(tmp_path):
+    result = run_cli("method=h2o", "method.m=32", "dataset.limit=2", "max_new_tokens=8", results_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert tuple(row) == ROW_KEYS
+    assert row["method"] == "h2o" and row["m"] == 32 and row["n_samples"] == 2
+    assert row["method_params"] == {"m": 32, "heavy_ratio": 0.5}
+    assert 0 <= row["rougeL"] <= 100 and 0 <= row["bertscore_f1"] <= 100 and row["decode_tok_s"] > 0
+    assert row["kv_cache_mb"] > 0 and row["perplexity"] is None
+    run_dir = Path(row["run_dir"])
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == ["E09-1056", predictions[1]["id"]] and len(predictions) == 2
+    assert set(predictions[0]) == {"id", "prediction", "reference"}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == {"name": "h2o", "m": 32, "heavy_ratio": 0.5}
+
+    # A corrupt results file: the report names the line; nothing already written is lost.
+    with (tmp_path / "runs.jsonl").open("a") as handle:
+        handle.write("{torn\n")
+    before = (tmp_path / "runs.jsonl").read_text()
+    report = run_cli("task=report", results_dir=tmp_path)
+    assert report.returncode == 2 and "line 2 is not valid JSON" in report.stderr
+    assert (tmp_path / "runs.jsonl").read_text() == before

@@ -1,0 +1,63 @@
+"""Result rows: every key present, atomic appends, corrupt files reported without losing rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adore.errors import HarnessError
+from experiments.report import latest_rows, markdown_table
+from experiments.results import ROW_KEYS, append_row, config_hash, make_row, read_rows
+
+
+def test_rows_have_exactly_the_design_keys():
+    row = make_row(method="h2o", m=64, bleu=1.5)
+    assert tuple(row) == ROW_KEYS
+    assert row["method"] == "h2o" and row["rouge1"] is None
+    assert list(make_row(context_length=4096, batch_size=8))[-2:] == ["context_length", "batch_size"]
+    with pytest.raises(KeyError, match="not result-row keys"):
+        make_row(rouge_l=3.0)
+
+
+def test_append_keeps_earlier_rows_and_reads_back(tmp_path):
+    for i in range(3):
+        append_row(tmp_path, make_row(run_id=str(i), method="window", m=8 * (i + 1)))
+    rows = read_rows(tmp_path)
+    assert [r["run_id"] for r in rows] == ["0", "1", "2"]
+    assert all(line.endswith("}") for line in (tmp_path / "runs.jsonl").read_text().splitlines())
+
+
+def test_corrupt_line_is_named_and_rows_are_not_lost(tmp_path):
+    append_row(tmp_path, make_row(run_id="a"))
+    with (tmp_path / "runs.jsonl").open("a") as handle:
+        handle.write('{"run_id": "torn", "meth\n')
+    before = (tmp_path / "runs.jsonl").read_text()
+    with pytest.raises(HarnessError, match=r"line 2 is not valid JSON.*other rows are intact"):
+        read_rows(tmp_path)
+    assert (tmp_path / "runs.jsonl").read_text() == before
+
+
+def test_nan_is_refused_not_written(tmp_path):
+    with pytest.raises(ValueError):
+        append_row(tmp_path, make_row(bleu=float("nan")))
+    assert not (tmp_path / "runs.jsonl").exists() or (tmp_path / "runs.jsonl").read_text() == ""
+
+
+def test_config_hash_ignores_where_results_go():
+    base = {"method": {"name": "h2o", "m": 64}, "seed": 0, "results_dir": "a"}
+    assert config_hash(base) == config_hash({**base, "results_dir": "b"})
+    assert config_hash(base) != config_hash({**base, "method": {"name": "h2o", "m": 128}})
+
+
+def test_report_keeps_latest_row_per_configuration():
+    rows = [
+        make_row(task="generate", method="h2o", method_params={"m": 8}, rougeL=1.0),
+        make_row(task="generate", method="full", method_params={}, rougeL=3.0),
+        make_row(task="generate", method="h2o", method_params={"m": 8}, rougeL=2.0),
+    ]
+    latest = latest_rows(rows)
+    assert [(r["method"], r["rougeL"]) for r in latest] == [("full", 3.0), ("h2o", 2.0)]
+    table = markdown_table(latest, ("method", "rougeL"))
+    assert table.splitlines()[2:] == ["| full | 3.00 |", "| h2o | 2.00 |"]
+    assert json.loads(json.dumps(latest))  # rows stay JSON-serialisable
