@@ -15,12 +15,22 @@ Mask contract (verified for transformers 5.24): ``get_seq_length()`` counts toke
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention_view import AttentionView
 from .errors import BudgetViolation
 from .policy import KVPolicy
+
+
+@dataclass
+class EvictionPlan:
+    """Either one ``victim`` slot per (sequence, head) (``[B, H, 1]``) or the slots to keep (``[B, H, S']``)."""
+
+    victim: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 class PolicyLayer(DynamicLayer):
@@ -127,29 +137,45 @@ class PolicyLayer(DynamicLayer):
             self.policy.observe(self, AttentionView(query, attention_keys, score_mask, scaling))
         self.peak_stored = max(self.peak_stored, self.stored)
         budget = self.policy.budget
-        if budget is not None and self.stored > budget:
-            self.evict(self.policy.target_size(self.stored))
+        if not self.policy.uniform and budget is not None and self.stored > budget:
+            self.apply(self.plan_eviction(self.policy.target_size(self.stored)))
         self._step = None
 
-    def evict(self, keep: int) -> None:
-        """Keep the ``keep`` slots of highest priority in every (sequence, KV head); pads go first."""
+    def plan_eviction(self, keep: int) -> EvictionPlan:
+        """Which slots go: the ``keep`` slots of highest priority stay in every (sequence, KV head);
+        padding goes first."""
         priority = self.policy.priority(self).masked_fill(~self.valid, float("-inf"))
-        drop = self.stored - keep
-        if drop == 1:
+        if self.stored - keep == 1 and self.policy.slicing == "gather":
+            return EvictionPlan(victim=priority.argmin(dim=-1, keepdim=True))  # [B, H, 1]
+        return EvictionPlan(index=priority.topk(keep, dim=-1).indices.sort(dim=-1).values)  # [B, H, keep]
+
+    def apply(self, plan: EvictionPlan) -> None:
+        if plan.victim is not None:
             # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
-            victim = priority.argmin(dim=-1, keepdim=True)  # [B, H, 1]
             for name, tensor in self._slot_tensors():
-                index = victim.view(*victim.shape, *([1] * (tensor.dim() - 3))).expand(*victim.shape, *tensor.shape[3:])
-                tensor.scatter_(2, index, tensor[:, :, -1:].clone())
+                index = plan.victim.view(*plan.victim.shape, *([1] * (tensor.dim() - 3)))
+                tensor.scatter_(2, index.expand(*plan.victim.shape, *tensor.shape[3:]), tensor[:, :, -1:].clone())
                 self._set(name, tensor[:, :, :-1])
+        elif self.policy.slicing == "matmul":
+            self.select_by_matmul(plan.index)
         else:
-            index = priority.topk(keep, dim=-1).indices.sort(dim=-1).values  # [B, H, keep]
-            self.gather(index)
+            self.gather(plan.index)
         self._refresh_invalid()
 
     def gather(self, index: torch.Tensor) -> None:
         """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor."""
         for name, tensor in self._slot_tensors():
+            expanded = index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
+            self._set(name, tensor.gather(2, expanded))
+
+    def select_by_matmul(self, index: torch.Tensor) -> None:
+        """ADORE's "matrix slicing": keys and values are multiplied by a 0/1 selection matrix
+        ``P [B, S', S]`` (one per sequence, shared by every head: the keep-set must be uniform);
+        slot metadata is gathered."""
+        selection = self.owner.selection_matrix(index[:, 0], self.stored, self.keys.dtype)
+        self.keys = torch.einsum("bks,bhsd->bhkd", selection, self.keys)
+        self.values = torch.einsum("bks,bhsd->bhkd", selection, self.values)
+        for name, tensor in self._slot_tensors()[2:]:
             expanded = index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
             self._set(name, tensor.gather(2, expanded))
 
@@ -186,7 +212,32 @@ class PolicyCache(Cache):
         self.step_valid: torch.Tensor | None = None
         self.max_fed: torch.Tensor | None = None  # [B] latest position fed per sequence
         self.out_of_order = False  # this step feeds a token at or before an already fed position
+        self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
+        self._selection: torch.Tensor | None = None
+        self._selection_index: torch.Tensor | None = None
         super().__init__(layers=[PolicyLayer(policy, self, i) for i in range(num_layers)])
+
+    def evict_uniform(self) -> None:
+        """For policies whose keep-set is the same in every layer and head (``policy.uniform``): plan
+        once, from layer 0, after the whole forward, and apply the plan to every layer."""
+        budget, first = self.policy.budget, self.layers[0]
+        if budget is None or first.stored <= budget:
+            return
+        plan = first.plan_eviction(self.policy.target_size(first.stored))
+        for layer in self.layers:
+            layer.apply(plan)
+
+    def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
+        """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, k]] = 1``, built in a buffer reused across
+        layers and steps (the paper's pre-prepared slicing matrices)."""
+        shape = (index.shape[0], index.shape[1], stored)
+        if self._selection is None or self._selection.shape != shape or self._selection.dtype != dtype:
+            self._selection = torch.zeros(shape, dtype=dtype, device=index.device)
+            self._selection_index = None
+        if self._selection_index is None or not torch.equal(self._selection_index, index):
+            self._selection.zero_().scatter_(2, index[..., None], 1.0)
+            self._selection_index = index
+        return self._selection
 
     def note_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which

@@ -98,6 +98,8 @@ class DecodingEngine:
             )
         finally:
             cache.step_positions = cache.step_valid = None
+        if self.policy.uniform:
+            cache.evict_uniform()
         cache.check_budget()
         return out.logits
 

@@ -38,6 +38,12 @@ class KVPolicy:
     needs_scores: ClassVar[bool] = False
     #: True if :meth:`attend` replaces scaled-dot-product attention over the stored keys.
     overrides_attention: ClassVar[bool] = False
+    #: True if the keep-set is the same in every layer and KV head: eviction is then planned once per
+    #: step, after the whole forward, and applied to every layer.
+    uniform: ClassVar[bool] = False
+    #: How kept slots are selected: ``"gather"`` (indexing) or ``"matmul"`` (0/1 selection matrices;
+    #: uniform policies only).
+    slicing: ClassVar[str] = "gather"
 
     def __post_init__(self) -> None:
         self.validate()

@@ -31,6 +31,8 @@ class StreamingLLM(KVPolicy):
     n_sink: int = 4
     position_mode: str = "cache"
 
+    uniform = True
+
     def validate(self) -> None:
         super().validate()
         if self.n_sink < 0:

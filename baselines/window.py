@@ -18,5 +18,7 @@ class WindowAttention(KVPolicy):
 
     m: int = 128
 
+    uniform = True
+
     def priority(self, layer: PolicyLayer) -> torch.Tensor:
         return layer.positions.to(torch.float64)

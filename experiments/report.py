@@ -34,6 +34,12 @@ def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> li
     return list(latest.values())
 
 
+def _params(row: dict[str, Any]) -> str:
+    """``m=128 heavy_ratio=0.5``: the method's parameters, compactly."""
+    params = row.get("method_params") or {}
+    return " ".join(f"{k}={v}" for k, v in params.items() if v is not None) or "-"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -44,7 +50,9 @@ def _cell(value: Any) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(_params(row) if c == "params" else _cell(row.get(c)) for c in columns) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
