@@ -8,17 +8,8 @@ from typing import Any
 from .results import read_rows
 
 DEFAULT_COLUMNS = (
-    "method",
-    "m",
-    "R",
-    "dataset",
-    "n_samples",
-    "rougeL",
-    "bertscore_f1",
-    "bleu",
-    "decode_tok_s",
-    "kv_cache_mb",
-)
+    "method", "params", "dataset", "n_samples", "rougeL", "bertscore_f1", "bleu", "decode_tok_s", "kv_cache_mb",
+)  # fmt: skip
 
 
 def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> list[dict[str, Any]]:
