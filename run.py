@@ -73,6 +73,10 @@ def main(cfg: DictConfig) -> None:
 
             row = run_generation(config)
             print(markdown_table([row]))
+        elif task == "train":
+            from experiments.adore_training import run_train
+
+            run_train(config)
         elif task == "report":
             from experiments.report import run_report
 

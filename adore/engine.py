@@ -87,6 +87,7 @@ class DecodingEngine:
         to cached and new tokens whose position is not later than its own (and that are not
         padding, ``valid`` ``[B, q]``). Returns the last ``logits_to_keep`` logits ``[B, k, V]``.
         """
+        input_ids, positions, valid = self.policy.prepare_step(cache, input_ids, positions, valid)
         cache.step_positions, cache.step_valid = positions, valid
         try:
             out = self.model(

@@ -42,8 +42,8 @@ class KVPolicy:
     #: step, after the whole forward, and applied to every layer.
     uniform: ClassVar[bool] = False
     #: How kept slots are selected: ``"gather"`` (indexing) or ``"matmul"`` (0/1 selection matrices;
-    #: uniform policies only).
-    slicing: ClassVar[str] = "gather"
+    #: uniform policies only). Deliberately not annotated: a subclass may make it a field (ADORE).
+    slicing = "gather"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,6 +54,13 @@ class KVPolicy:
             raise ConfigError(f"method.m must be a positive integer, got {self.m!r}; set e.g. method.m=128")
 
     # ---- per-step hooks, all optional -------------------------------------------------
+    def prepare_step(
+        self, cache: PolicyCache, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """See the tokens of a forward before the model does; may add tokens to feed with them (ADORE's
+        rebuild). Returns ``(input_ids, positions, valid)``, each ``[B, q']``; the current tokens stay last."""
+        return input_ids, positions, valid
+
     def on_append(self, layer: PolicyLayer, q: int) -> None:
         """Extend ``layer.extras`` for ``q`` slots just appended at the end."""
 

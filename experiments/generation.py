@@ -15,7 +15,7 @@ from .data import dataset_spec, load_samples
 from .metrics import bertscore_f1, corpus_bleu, default_bertscore_model, latency_percentiles, rouge_f1
 from .prompting import build_prompt_ids
 from .results import clean_number
-from .runtime import Run, model_from_config, peak_memory_mb, policy_from_config
+from .runtime import Run, model_from_config, peak_memory_mb, policy_from_config, prepare_policy
 
 
 def dataset_options(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -30,12 +30,13 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["batch_size"] <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg['batch_size']}")
     run = Run(cfg, task="generate")
-    policy = policy_from_config(cfg["method"])
+    policy = policy_from_config(cfg["method"], cfg)
     spec = dataset_spec(cfg["dataset"]["name"])
     if spec.task != "generate":
         raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use its task (task={spec.task})")
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
     loaded = model_from_config(cfg)
+    prepare_policy(cfg, loaded, policy)
     torch.manual_seed(cfg["seed"])
     tokenizer = loaded.tokenizer
     eos = tokenizer.eos_token_id

@@ -18,9 +18,21 @@ from adore.errors import ConfigError
 from .results import append_row, config_hash, git_commit, make_row, new_run_id
 
 
-def policy_from_config(method: dict[str, Any]) -> KVPolicy:
+def policy_from_config(method: dict[str, Any], cfg: dict[str, Any] | None = None) -> KVPolicy:
     params = {k: v for k, v in method.items() if k != "name"}
+    if method["name"] == "adore" and cfg is not None:
+        params.setdefault("slicing", cfg["adore"]["slicing"])  # the issue's public key: adore.slicing
     return build_policy(method["name"], **params)
+
+
+def prepare_policy(cfg: dict[str, Any], loaded: LoadedModel, policy: KVPolicy) -> None:
+    """Method-specific preparation that needs the model and the data (ADORE: its trained controller)."""
+    from adore.method import ADORE
+
+    if isinstance(policy, ADORE):
+        from .adore_training import prepare_adore
+
+        prepare_adore(cfg, loaded, policy)
 
 
 def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
@@ -29,11 +41,12 @@ def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
         raise ConfigError("model.path is empty; set model.path=<HF model folder>")
     loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
     if model.get("adapter"):
-        loaded.model = _with_adapter(loaded.model, model["adapter"])
+        loaded.model = merge_adapter(loaded.model, model["adapter"])
     return loaded
 
 
-def _with_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
+def merge_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
+    """Load a peft LoRA adapter and merge it into the weights (decoding then costs nothing extra)."""
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"model.adapter {adapter!r} has no adapter_config.json; give a peft adapter folder")
     from peft import PeftModel
