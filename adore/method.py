@@ -117,6 +117,7 @@ class ADORE(KVPolicy):
         if rebuild is None:
             return input_ids, positions, valid
         ids, pos, ok = rebuild
+        state["rebuilt"] = state.get("rebuilt", 0) + int(ok.sum())
         return torch.cat([ids, input_ids], 1), torch.cat([pos, positions], 1), torch.cat([ok, valid_new], 1)
 
     def _record_tokens(
@@ -179,7 +180,8 @@ class ADORE(KVPolicy):
         state = cache.state
         first = cache.layers[0]
         cached = torch.zeros_like(state["known"])
-        cached.scatter_(1, first.positions[:, 0], first.valid[:, 0] | cached.gather(1, first.positions[:, 0]))
+        rows, cols = _valid_coordinates(first.positions[:, 0], first.valid[:, 0])
+        cached[rows, cols] = True
         candidates = state["scores"].masked_fill(cached, float("-inf"))
         count = min(self.R, candidates.shape[1])
         values, index = candidates.topk(count, dim=-1)

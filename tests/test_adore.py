@@ -1,0 +1,204 @@
+"""ADORE: equality with full attention where it must, the oracle keep-set, rebuild exactness,
+matrix slicing, the controller's learning, labels and fine-tuning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from adore import ConfigError, DecodingEngine, build_policy
+from adore.controller import ControllerConfig, ImportanceController
+from adore.finetune import FinetuneExample, LoraConfig, sparse_attention_mask, sparse_finetune
+from adore.labels import aggregated_attention, topk_past
+from adore.training import LabelledSequence, train_controller
+from tests.conftest import random_prompts, tiny_llama
+from tests.test_keep_sets import ReferenceAttention
+
+
+def adore(model, **params):
+    torch.manual_seed(0)
+    controller = ImportanceController(model.config.hidden_size, ControllerConfig(width=16))
+    return build_policy("adore", **params).bind(controller, model.get_input_embeddings())
+
+
+@pytest.mark.parametrize("R", [0, 8])
+def test_budget_above_total_length_equals_full(tiny_model, R):
+    """With nothing ever released, rebuilding has nothing to do and ADORE is full attention."""
+    prompts = random_prompts([9, 30])
+    full = DecodingEngine(tiny_model, build_policy("full")).generate(prompts, 30).tokens
+    policy = adore(tiny_model, m=60, R=R, K=8)
+    engine = DecodingEngine(tiny_model, policy)
+    assert engine.generate(prompts, 30).tokens == full
+
+
+@pytest.mark.parametrize("slicing", ["gather", "matmul"])
+def test_batch_equals_alone_and_budget_holds(tiny_model, slicing):
+    engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=3, K=4, slicing=slicing), pad_token_id=0)
+    prompts = random_prompts([7, 19, 12], seed=3)
+    alone = [engine.generate([p], 25).tokens[0] for p in prompts]
+    assert engine.generate(prompts, 25).tokens == alone
+
+
+def test_gather_equals_matmul(tiny_model):
+    runs = {}
+    for slicing in ("gather", "matmul"):
+        engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=4, K=4, slicing=slicing))
+        cache = engine.new_cache()
+        logits = engine.forward(cache, torch.tensor(random_prompts([20])), torch.arange(20)[None])
+        kept, tokens = [], []
+        for step in range(20):
+            tokens.append(logits[0, -1].argmax().item())
+            logits = engine.forward(cache, torch.tensor([[tokens[-1]]]), torch.tensor([[20 + step]]))
+            kept.append([cache.stored_positions(layer)[0][0] for layer in range(2)])
+        runs[slicing] = tokens, kept, cache.state["rebuilt"]
+    assert runs["gather"] == runs["matmul"]
+    assert runs["gather"][2] > 0  # tokens were rebuilt
+
+
+def test_one_keep_set_for_all_layers_and_never_above_m(tiny_model):
+    engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=4, K=4))
+    cache = engine.new_cache()
+    logits = engine.forward(cache, torch.tensor(random_prompts([20])), torch.arange(20)[None])
+    for step in range(15):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        logits = engine.forward(cache, token, torch.tensor([[20 + step]]))
+        assert [layer.stored for layer in cache.layers] == [10, 10]
+        keep_sets = [cache.stored_positions(layer)[0][h] for layer in range(2) for h in range(2)]
+        assert all(k == keep_sets[0] for k in keep_sets)
+        assert 20 + step in keep_sets[0]  # the current token always stays
+
+
+def test_rebuilt_tokens_have_their_original_layer0_states(tiny_model):
+    """A rebuilt token is re-fed at its original position: in layer 0 its K/V are exactly the originals."""
+    policy = adore(tiny_model, m=8, R=4, K=4)
+    engine = DecodingEngine(tiny_model, policy)
+    cache = engine.new_cache()
+    prompt = random_prompts([24])[0]
+    logits = engine.forward(cache, torch.tensor([prompt]), torch.arange(24)[None])
+    sequence = list(prompt)
+    for step in range(12):
+        sequence.append(logits[0, -1].argmax().item())
+        logits = engine.forward(cache, torch.tensor([[sequence[-1]]]), torch.tensor([[24 + step]]))
+    assert cache.state["rebuilt"] > 0
+    reference = DecodingEngine(tiny_model, build_policy("full"))
+    full = reference.new_cache()
+    reference.forward(full, torch.tensor([sequence]), torch.arange(len(sequence))[None])
+    layer, original = cache.layers[0], full.layers[0]
+    positions = layer.positions[0, 0]
+    assert not bool((positions[:-1].diff() > 0).all()), "rebuilt tokens are stored out of position order"
+    torch.testing.assert_close(layer.keys[0], original.keys[0][:, positions], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.values[0], original.values[0][:, positions], atol=1e-5, rtol=1e-5)
+
+
+def test_oracle_scorer_keeps_the_top_m_of_the_true_aggregated_attention():
+    """R=0 with the oracle scorer: after every step the cache is the top-m set (by the current token's
+    attention, averaged over layers and heads) of what was cached plus the current token."""
+    m, prompt_len, steps = 8, 20, 15
+    prompt = random_prompts([prompt_len], seed=7)[0]
+    engine = DecodingEngine(tiny_llama(), build_policy("adore", m=m, R=0, K=4, scorer="oracle"))
+    cache = engine.new_cache()
+    logits = engine.forward(cache, torch.tensor([prompt]), torch.arange(prompt_len)[None])
+    ours, tokens = [cache.stored_positions(0)[0][0]], []
+    for step in range(steps):
+        tokens.append(logits[0, -1].argmax().item())
+        logits = engine.forward(cache, torch.tensor([[tokens[-1]]]), torch.tensor([[prompt_len + step]]))
+        ours.append(cache.stored_positions(0)[0][0])
+
+    # Reference: eager attention over a full cache, evicted tokens hidden, keep-set chosen in Python.
+    attention = ReferenceAttention()
+    AttentionInterface.register("reference_masked", attention)
+    AttentionMaskInterface.register("reference_masked", sdpa_mask)
+    model = tiny_llama("reference_masked")
+    from transformers import DynamicCache
+
+    dynamic = DynamicCache()
+    ids, positions, keep, reference = torch.tensor([prompt]), list(range(prompt_len)), set(), []
+    with torch.no_grad():
+        for step in range(steps + 1):
+            model(input_ids=ids, position_ids=torch.tensor([positions]), cache=dynamic)
+            current = positions[-1]
+            mass = sum(attention.probs[layer][:, -1].sum(0) for layer in range(2))  # [K]
+            candidates = (keep | set(positions)) - {current}
+            best = sorted(candidates, key=lambda p: -mass[p].item())[: m - 1]
+            keep = {current, *best}
+            reference.append(sorted(keep))
+            if step == steps:
+                break
+            position = prompt_len + step
+            visible = torch.tensor([k in keep or k == position for k in range(position + 1)])
+            for layer in range(2):
+                attention.visible[layer] = visible[None].expand(2, -1)
+            ids, positions = torch.tensor([[tokens[step]]]), [position]
+    assert ours == reference
+
+
+def test_controller_learns_a_synthetic_importance_pattern():
+    """Tokens with ids below 4 are the important ones; the controller must find them from embeddings."""
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(40, 24, generator=generator)
+
+    def sequence():
+        ids = torch.randint(0, 40, (48,), generator=generator)
+        important = (ids < 4)[None].expand(48, 48)
+        return LabelledSequence(table[ids], important & torch.ones(48, 48, dtype=torch.bool).tril(-1))
+
+    train = [sequence() for _ in range(40)]
+    held_out = [sequence() for _ in range(8)]
+    result = train_controller(train, held_out, ControllerConfig(width=32), K=4, m=8, epochs=6, lr=1e-2, progress=False)
+    assert result.losses[-1] < result.losses[0]
+    assert result.recall > 0.9 and result.recall > 3 * result.chance_recall
+
+
+def test_labels_are_the_topk_of_mean_attention_over_layers_and_heads():
+    prompt = random_prompts([16], seed=2)[0]
+    ours = aggregated_attention(tiny_llama(), prompt)
+    eager = tiny_llama("eager")
+    with torch.no_grad():
+        attentions = eager(torch.tensor([prompt]), output_attentions=True).attentions
+    expected = torch.stack([a[0] for a in attentions]).mean(dim=(0, 1))  # layers, heads
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+
+    labels = topk_past(expected, K=3)
+    for t in range(16):
+        past = expected[t, :t]
+        want = set(past.topk(min(3, t)).indices.tolist()) if t else set()
+        assert set(labels[t].nonzero().flatten().tolist()) == want
+
+
+def test_sparse_mask_and_lora_finetune(tmp_path):
+    labels = topk_past(aggregated_attention(tiny_llama(), list(range(3, 15))), K=2)
+    mask = sparse_attention_mask(labels, torch.float32)[0, 0]
+    assert ((mask == 0) == (labels | torch.eye(12, dtype=torch.bool))).all()
+    assert (mask[5] == 0).sum() == 3  # two past tokens and itself
+
+    model = tiny_llama()
+    before = model(torch.tensor([list(range(3, 15))])).logits
+    example = FinetuneExample(list(range(3, 15)), prompt_length=6, labels=labels)
+    losses = sparse_finetune(model, [example] * 3, LoraConfig(r=4, lr=1e-2), tmp_path / "adapter")
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    torch.testing.assert_close(model(torch.tensor([list(range(3, 15))])).logits, before)  # base untouched
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"m": 8, "K": 4, "R": 9}, "method.R=9 must not exceed method.m=8"),
+        ({"m": 8, "K": 4, "R": -1}, "method.R must be a non-negative integer"),
+        ({"m": 8, "K": 0}, r"method.K must be an integer in \[1, m=8\]"),
+        ({"m": 8, "K": 9}, r"method.K must be an integer in \[1, m=8\]"),
+        ({"m": 0}, "method.m must be a positive integer"),
+        ({"m": 8, "K": 4, "slicing": "index"}, "adore.slicing must be one of gather, matmul"),
+        ({"m": 8, "K": 4, "R": 2, "scorer": "oracle"}, "scorer=oracle scores only cached tokens"),
+    ],
+)
+def test_bad_parameters(params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_policy("adore", **params)
+
+
+def test_unbound_controller_is_a_clear_error(tiny_model):
+    with pytest.raises(ConfigError, match="adore has no controller"):
+        DecodingEngine(tiny_model, build_policy("adore", m=8, R=0, K=4)).generate(random_prompts([5]), 2)
