@@ -11,6 +11,11 @@ from adore.registry import register_method
 @register_method("full")
 @dataclass
 class FullAttention(KVPolicy):
-    """Keeps every token; ``m`` must stay unset (``None``)."""
+    """Keeps every token. ``m`` is accepted and ignored (recorded as ``None``), so that a sweep over
+    ``method.m`` can include ``full`` as its reference."""
 
     m: int | None = None
+
+    def __post_init__(self) -> None:
+        self.m = None
+        super().__post_init__()

@@ -16,7 +16,7 @@ from adore.registry import register_method
 class TopKAttention(KVPolicy):
     """Every decode query attends only to its ``K`` keys of highest score, chosen from the full cache.
 
-    Nothing is evicted (``m`` stays unset): this is the oracle sparse attention ADORE's controller is
+    Nothing is evicted (``m`` is ignored): this is the oracle sparse attention ADORE's controller is
     trained to imitate. Selection is per query head; ties at the K-th score keep all tied keys.
 
     Attributes:
@@ -32,6 +32,10 @@ class TopKAttention(KVPolicy):
     chunk: int = 256
 
     overrides_attention = True
+
+    def __post_init__(self) -> None:
+        self.m = None  # nothing is evicted; accepted so that sweeps over method.m can include topk
+        super().__post_init__()
 
     def validate(self) -> None:
         super().validate()

@@ -57,3 +57,9 @@ def test_rerotation_equals_rope_at_the_new_position():
     delta = torch.tensor([500, -3, 7, 0, 1, 1000]).expand(1, keys.shape[1], 6)
     rotated = rerotate(rope_at(positions), delta, rotary.inv_freq)
     torch.testing.assert_close(rotated, rope_at(positions + delta[0, 0]), atol=1e-5, rtol=1e-4)
+
+
+def test_full_and_topk_ignore_a_budget_so_sweeps_can_include_them():
+    assert build_policy("full", m=64).budget is None
+    assert build_policy("topk", m=64, K=8).budget is None
+    assert build_policy("full", m=64).describe() == {"m": None}
