@@ -77,6 +77,10 @@ def main(cfg: DictConfig) -> None:
             from experiments.adore_training import run_train
 
             run_train(config)
+        elif task == "parity":
+            from experiments.parity import run_parity
+
+            run_parity(config)
         elif task == "report":
             from experiments.report import run_report
 

@@ -72,3 +72,23 @@ def test_generate_run_writes_row_and_predictions(tmp_path):
     report = run_cli("task=report", results_dir=tmp_path)
     assert report.returncode == 2 and "line 2 is not valid JSON" in report.stderr
     assert (tmp_path / "runs.jsonl").read_text() == before
+
+
+@pytest.mark.model
+def test_parity_task_reports_equal_tokens_and_two_rows(tmp_path):
+    result = run_cli("task=parity", "dataset.limit=1", "max_new_tokens=6", results_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "greedy tokens equal on 1/1 prompts" in result.stdout
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["method"]) for r in rows] == [("parity", "hf_generate"), ("parity", "full")]
+    assert all(r["decode_tok_s"] > 0 for r in rows)
+
+
+def test_adore_without_controller_and_training_disabled_is_one_line(tmp_path):
+    result = run_cli(
+        "method=adore", "adore.train_if_missing=false", f"adore.artifacts_dir={tmp_path / 'none'}",
+        "dataset.limit=1", results_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: no ADORE controller at ")
+    assert "task=train method=adore" in result.stderr and "Traceback" not in result.stderr
