@@ -91,10 +91,10 @@ class PolicyLayer(DynamicLayer):
         self.values = torch.cat([self.values, value_states], dim=2)
         self.positions = torch.cat([self.positions, new_pos[:, None].expand(B, H, q)], dim=2)
         self.valid = torch.cat([self.valid, new_valid.to(key_states.device)[:, None].expand(B, H, q)], dim=2)
-        self.has_invalid = self.has_invalid or not bool(new_valid.all())
-        self.seen += q
         if self.layer_idx == 0:
             self.owner.note_positions(new_pos, new_valid)
+        self.has_invalid = self.has_invalid or not self.owner.step_all_valid
+        self.seen += q
         rope = forwarded.get("position_ids")
         self.step_rope_positions = new_pos if rope is None else rope
         self.policy.on_append(self, q)
@@ -212,6 +212,7 @@ class PolicyCache(Cache):
         self.step_valid: torch.Tensor | None = None
         self.max_fed: torch.Tensor | None = None  # [B] latest position fed per sequence
         self.out_of_order = False  # this step feeds a token at or before an already fed position
+        self.step_all_valid = True  # no padding among this step's tokens
         self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
         self._selection: torch.Tensor | None = None
         self._selection_index: torch.Tensor | None = None
@@ -242,6 +243,7 @@ class PolicyCache(Cache):
     def note_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which
         need a position mask even for a single token."""
+        self.step_all_valid = self.step_valid is None or bool(valid.all())
         latest = positions.masked_fill(~valid, -1).amax(dim=-1)
         earliest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(dim=-1)
         if self.max_fed is None:
@@ -264,12 +266,6 @@ class PolicyCache(Cache):
 
     def kv_bytes(self) -> int:
         return sum(layer.kv_bytes() for layer in self.layers)
-
-    def peak_kv_bytes(self) -> int:
-        per_token = sum(
-            (layer.keys.nbytes + layer.values.nbytes) // max(layer.stored, 1) for layer in self.layers if layer.stored
-        )
-        return per_token * max((layer.peak_stored for layer in self.layers), default=0)
 
     def stored_positions(self, layer_idx: int) -> list[list[list[int]]]:
         """Sorted valid positions per (sequence, KV head) of one layer: for tests and debugging."""

@@ -127,21 +127,25 @@ class DecodingEngine:
         )
         result.kv_peak_bytes = cache.kv_bytes()
 
-        eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        eos = set(self.eos_token_ids)
+        finished = [False] * batch
         position = positions[:, -1:]
         for step in range(max_new_tokens):
-            next_ids = torch.where(finished, self.pad_token_id, next_ids)
-            for row, token in enumerate(next_ids.tolist()):
+            tokens = next_ids.tolist()  # one device sync per step
+            for row, token in enumerate(tokens):
                 if not finished[row]:
                     result.tokens[row].append(token)
-            if eos.numel():
-                finished |= torch.isin(next_ids, eos)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+                    finished[row] = token in eos
+            if all(finished) or step == max_new_tokens - 1:
                 break
+            # Finished rows keep decoding padding (as generate() does) so the batch stays rectangular.
+            feed = torch.tensor(
+                [self.pad_token_id if done else token for token, done in zip(tokens, finished, strict=True)],
+                device=self.device,
+            )
             start = time.perf_counter()
             position = position + 1
-            logits = self.forward(cache, next_ids[:, None], position)
+            logits = self.forward(cache, feed[:, None], position)
             next_ids = logits[:, -1].argmax(-1)
             self._sync()
             result.step_s.append(time.perf_counter() - start)
