@@ -10,7 +10,10 @@ export PYTHONPATH := $(CURDIR)
 DEMO_METHODS := full,window,streaming_llm,h2o,kv_compression,topk
 DEMO_ARGS := dataset.limit=8 max_new_tokens=96 results_dir=results/demo
 
-.PHONY: setup demo test lint format clean-results
+EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
+BUDGETS := 32,64,128
+
+.PHONY: setup demo test lint format adore-eval
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -26,6 +29,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 demo: setup
 	$(PY) run.py -m method=$(DEMO_METHODS) $(DEMO_ARGS)
 	$(PY) run.py task=report results_dir=results/demo
+
+# ADORE against the baselines at three budgets, R in {0,4,8}; then the same at m=64 with the sparse
+# LoRA fine-tune, which every method loads (ADORE trains its controller/adapter first if missing).
+adore-eval: setup
+	$(PY) run.py -m method=adore method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
+	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window method.m=$(BUDGETS) $(EVAL_ARGS)
+	$(PY) run.py method=full $(EVAL_ARGS)
+	$(PY) run.py -m method=adore adore.finetune=true method.m=64 method.R=4,8 $(EVAL_ARGS)
+	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window,full method.m=64 model.adapter=adore:K32 $(EVAL_ARGS)
+	$(PY) run.py task=report results_dir=results/adore-eval
 
 test: setup lint
 	$(PY) -m pytest -q tests

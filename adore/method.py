@@ -92,10 +92,17 @@ class ADORE(KVPolicy):
     def needs_scores(self) -> bool:  # type: ignore[override]
         return self.scorer == "oracle"
 
-    def bind(self, controller: ImportanceController, embedding: torch.nn.Module) -> ADORE:
-        """Attach the trained controller and the LLM's (frozen) input embedding."""
-        self.controller, self.embedding = controller.eval(), embedding
+    def bind(self, controller: ImportanceController, embedding: torch.nn.Module, checkpoint: str = "") -> ADORE:
+        """Attach the trained controller and the LLM's (frozen) input embedding; ``checkpoint`` names it in rows."""
+        self.controller, self.embedding, self.checkpoint = controller.eval(), embedding, checkpoint
         return self
+
+    def describe(self) -> dict:
+        params = super().describe()
+        if self.scorer == "controller":
+            params["controller"] = getattr(self, "checkpoint", "") or None
+            params["controller_scorer"] = self.controller.config.scorer if self.controller is not None else None
+        return params
 
     # ---- per step: score, pick tokens to rebuild ----------------------------------------------
     @torch.no_grad()

@@ -27,7 +27,7 @@ from adore.training import LabelledSequence, train_controller
 
 from .data import DatasetSpec, dataset_spec, load_samples
 from .prompting import build_prompt_ids
-from .runtime import merge_adapter
+from .runtime import adapted_name, merge_adapter
 
 
 def controller_config(cfg: dict[str, Any]) -> ControllerConfig:
@@ -170,11 +170,13 @@ def prepare_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> No
             )
         print(f"no controller for this configuration yet: training one into {folder}")
         train_adore(cfg, loaded, policy)
-    if cfg["adore"]["finetune"] and not getattr(loaded.model, "_adore_adapter_merged", False):
-        loaded.model = merge_adapter(loaded.model, str(folder / "adapter"))
-        loaded.model._adore_adapter_merged = True
+    if cfg["adore"]["finetune"]:
+        if not getattr(loaded.model, "_adore_adapter_merged", False):
+            loaded.model = merge_adapter(loaded.model, str(folder / "adapter"))
+            loaded.model._adore_adapter_merged = True
+        loaded.name = adapted_name(loaded.name, str(folder / "adapter"))
     controller = load_controller(folder).to(loaded.device)
-    policy.bind(controller, loaded.model.get_input_embeddings())
+    policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
 
 
 def run_train(cfg: dict[str, Any]) -> Path:

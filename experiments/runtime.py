@@ -40,9 +40,31 @@ def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
     if not model.get("path"):
         raise ConfigError("model.path is empty; set model.path=<HF model folder>")
     loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
-    if model.get("adapter"):
-        loaded.model = merge_adapter(loaded.model, model["adapter"])
+    adapter = model.get("adapter")
+    if adapter:
+        if str(adapter).startswith("adore:K"):  # the sparse fine-tune ADORE trained for this model and dataset
+            from .adore_training import artifact_dir
+
+            folder = artifact_dir({**cfg, "adore": {**cfg["adore"], "finetune": True}}, loaded.name, adapter_k(adapter))
+            adapter = str(folder / "adapter")
+            if not (folder / "adapter").is_dir():
+                raise ConfigError(
+                    f"no ADORE adapter at {adapter}; train it with `python run.py task=train method=adore "
+                    f"adore.finetune=true method.K={adapter_k(model['adapter'])} dataset={cfg['dataset']['name']}`"
+                )
+        loaded.model = merge_adapter(loaded.model, adapter)
+        loaded.name = adapted_name(loaded.name, adapter)
     return loaded
+
+
+def adapter_k(value: str) -> int:
+    return int(value[len("adore:K") :])
+
+
+def adapted_name(name: str, adapter: str) -> str:
+    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
+    path = Path(adapter)
+    return f"{name}+lora:{path.parent.name}/{path.name}"
 
 
 def merge_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
