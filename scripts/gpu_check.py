@@ -22,9 +22,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adore import DecodingEngine, build_policy  # noqa: E402
-from adore.attention import register  # noqa: E402
-from adore.controller import ControllerConfig, ImportanceController  # noqa: E402
+from adore import DecodingEngine, build_policy
+from adore.attention import register
+from adore.controller import ControllerConfig, ImportanceController
 
 METHODS = [
     ("full", {}),
