@@ -156,6 +156,20 @@ def load_controller(folder: Path) -> ImportanceController:
     return controller.eval()
 
 
+def check_controller_available(cfg: dict[str, Any], policy: ADORE) -> None:
+    """Fail before loading the model when no controller exists and training is disabled."""
+    model = cfg["model"]
+    if policy.scorer == "oracle" or cfg["adore"]["train_if_missing"] or model.get("adapter"):
+        return  # with an adapter the model's name (and so the folder) is only known after loading
+    name = model.get("name") or Path(model["path"]).name
+    folder = artifact_dir(cfg, name, policy.K)
+    if not (folder / "controller.pt").is_file():
+        raise ConfigError(
+            f"no ADORE controller at {folder}; run `python run.py task=train method=adore "
+            f"dataset={cfg['dataset']['name']}` or set adore.train_if_missing=true"
+        )
+
+
 def prepare_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> None:
     """Bind a trained controller to the policy (training it first when allowed), and merge the sparse
     fine-tuning adapter when ``adore.finetune`` is on."""

@@ -15,7 +15,7 @@ from .data import dataset_spec, load_samples
 from .metrics import bertscore_f1, corpus_bleu, default_bertscore_model, latency_percentiles, rouge_f1
 from .prompting import build_prompt_ids
 from .results import clean_number
-from .runtime import Run, model_from_config, peak_memory_mb, policy_from_config, prepare_policy
+from .runtime import Run, check_policy_ready, model_from_config, peak_memory_mb, policy_from_config, prepare_policy
 
 
 def dataset_options(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +35,7 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     if spec.task != "generate":
         raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use its task (task={spec.task})")
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
+    check_policy_ready(cfg, policy)
     loaded = model_from_config(cfg)
     prepare_policy(cfg, loaded, policy)
     torch.manual_seed(cfg["seed"])

@@ -25,6 +25,16 @@ def policy_from_config(method: dict[str, Any], cfg: dict[str, Any] | None = None
     return build_policy(method["name"], **params)
 
 
+def check_policy_ready(cfg: dict[str, Any], policy: KVPolicy) -> None:
+    """Cheap checks that can fail before the model is loaded (ADORE: a missing controller)."""
+    from adore.method import ADORE
+
+    if isinstance(policy, ADORE):
+        from .adore_training import check_controller_available
+
+        check_controller_available(cfg, policy)
+
+
 def prepare_policy(cfg: dict[str, Any], loaded: LoadedModel, policy: KVPolicy) -> None:
     """Method-specific preparation that needs the model and the data (ADORE: its trained controller)."""
     from adore.method import ADORE
