@@ -65,14 +65,21 @@ def aggregated_attention(model: torch.nn.Module, token_ids: list[int], aggregate
     return attention / cache.state["heads"] if aggregate == "mean" else attention
 
 
-def topk_past(attention: torch.Tensor, K: int) -> torch.Tensor:
-    """Label matrix ``y [T, T]`` (bool): ``y[t, i]`` iff ``i`` is among the top-``K`` past tokens of ``t``.
+def topk_past(attention: torch.Tensor, K: int, horizon: int = 1) -> torch.Tensor:
+    """Label matrix ``y [T, T]`` (bool): ``y[t, i]`` iff ``i`` is among the top-``K`` past tokens of ``t``
+    (``horizon=1``, the paper's target) or of any of the queries ``t .. t + horizon - 1`` (an
+    extension: a token needed a few steps later is not released now).
 
     Rows with fewer than ``K`` past tokens label every past token positive.
     """
+    if horizon < 1:
+        raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
     T = attention.shape[0]
     past = torch.ones(T, T, dtype=torch.bool, device=attention.device).tril(-1)
     scores = attention.masked_fill(~past, float("-inf"))
     top = scores.topk(min(K, T), dim=-1).indices
-    labels = torch.zeros(T, T, dtype=torch.bool, device=attention.device).scatter_(1, top, True)
-    return labels & past
+    labels = torch.zeros(T, T, dtype=torch.bool, device=attention.device).scatter_(1, top, True) & past
+    union = labels.clone()
+    for shift in range(1, min(horizon, T)):
+        union[:-shift] |= labels[shift:]
+    return union & past

@@ -36,9 +36,12 @@ def controller_config(cfg: dict[str, Any]) -> ControllerConfig:
 
 def artifact_dir(cfg: dict[str, Any], model_name: str, K: int) -> Path:
     adore = cfg["adore"]
+    labels = dict(adore["labels"])
+    if labels.get("horizon", 1) == 1:
+        labels.pop("horizon", None)  # the default keeps the key of checkpoints made before the switch existed
     settings = {
         "controller": adore["controller"],
-        "labels": adore["labels"],
+        "labels": labels,
         "train": adore["train"],
         "finetune": adore["finetune"],
         "lora": adore["lora"] if adore["finetune"] else None,
@@ -72,11 +75,12 @@ def _split(cfg: dict[str, Any], split: str, limit: int) -> list:
         raise ConfigError(f"dataset {cfg['dataset']['name']!r} has no {split!r} split to train ADORE on") from None
 
 
-def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, aggregate: str, desc: str):
+def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cfg: dict, desc: str):
     embedding = loaded.model.get_input_embeddings()
     out = []
     for ids in tqdm(sequences, desc=desc, unit="seq"):
-        labels = topk_past(aggregated_attention(loaded.model, ids, aggregate), K).cpu()
+        attention = aggregated_attention(loaded.model, ids, labels_cfg["aggregate"])
+        labels = topk_past(attention, K, labels_cfg.get("horizon", 1)).cpu()
         with torch.no_grad():
             embeddings = embedding(torch.tensor(ids, device=loaded.device)).float().cpu()
         out.append(LabelledSequence(embeddings, labels))
@@ -118,16 +122,14 @@ def train_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> Path
     ]
     report: dict[str, Any] = {"model": loaded.name, "dataset": spec.name, "K": policy.K, "m_for_recall": policy.m}
     if adore["finetune"]:
-        base = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, adore["labels"]["aggregate"], "top-K masks")
+        base = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, adore["labels"], "top-K masks")
         examples = [FinetuneExample(ids, n, seq.labels) for (ids, n), seq in zip(train_pairs, base, strict=True)]
         losses = sparse_finetune(loaded.model, examples, LoraConfig(**adore["lora"]), out / "adapter", cfg["seed"])
         report["finetune_losses"] = losses
         loaded.model = merge_adapter(loaded.model, str(out / "adapter"))  # labels come from the tuned model
         loaded.model._adore_adapter_merged = True
-    train_data = _labelled(
-        loaded, [ids for ids, _ in train_pairs], policy.K, adore["labels"]["aggregate"], "top-K labels (train)"
-    )
-    held_out = _labelled(loaded, held_out_ids, policy.K, adore["labels"]["aggregate"], "top-K labels (held out)")
+    train_data = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, adore["labels"], "top-K labels (train)")
+    held_out = _labelled(loaded, held_out_ids, policy.K, adore["labels"], "top-K labels (held out)")
     result = train_controller(
         train_data, held_out, controller_config(cfg), policy.K, policy.m, train["epochs"], train["lr"], cfg["seed"]
     )

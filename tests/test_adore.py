@@ -202,3 +202,15 @@ def test_bad_parameters(params, message):
 def test_unbound_controller_is_a_clear_error(tiny_model):
     with pytest.raises(ConfigError, match="adore has no controller"):
         DecodingEngine(tiny_model, build_policy("adore", m=8, R=0, K=4)).generate(random_prompts([5]), 2)
+
+
+def test_label_horizon_is_the_union_over_the_next_queries():
+    attention = torch.rand(12, 12, generator=torch.Generator().manual_seed(0))
+    one, three = topk_past(attention, K=2), topk_past(attention, K=2, horizon=3)
+    for t in range(12):
+        expected = one[t].clone()
+        for later in range(t + 1, min(t + 3, 12)):
+            expected |= one[later] & (torch.arange(12) < t)
+        assert torch.equal(three[t], expected)
+    with pytest.raises(ConfigError, match="horizon must be >= 1"):
+        topk_past(attention, K=2, horizon=0)
