@@ -30,10 +30,12 @@ demo: setup
 	$(PY) run.py -m method=$(DEMO_METHODS) $(DEMO_ARGS)
 	$(PY) run.py task=report results_dir=results/demo
 
-# ADORE against the baselines at three budgets, R in {0,4,8}; then the same at m=64 with the sparse
-# LoRA fine-tune, which every method loads (ADORE trains its controller/adapter first if missing).
+# ADORE against the baselines at three budgets, R in {0,4,8} (and with the paper-literal labels,
+# horizon 1); then at m=64 with the sparse LoRA fine-tune, which every method loads (ADORE trains
+# its controller and adapter first when missing).
 adore-eval: setup
 	$(PY) run.py -m method=adore method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
+	$(PY) run.py -m method=adore adore.labels.horizon=1 method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
 	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window method.m=$(BUDGETS) $(EVAL_ARGS)
 	$(PY) run.py method=full $(EVAL_ARGS)
 	$(PY) run.py -m method=adore adore.finetune=true method.m=64 method.R=4,8 $(EVAL_ARGS)

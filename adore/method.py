@@ -68,6 +68,8 @@ class ADORE(KVPolicy):
         super().__post_init__()
         self.controller: ImportanceController | None = None
         self.embedding: torch.nn.Module | None = None
+        self.checkpoint = ""
+        self.training: dict = {}  # how the bound controller was trained (recorded in result rows)
 
     def validate(self) -> None:
         super().validate()
@@ -100,8 +102,9 @@ class ADORE(KVPolicy):
     def describe(self) -> dict:
         params = super().describe()
         if self.scorer == "controller":
-            params["controller"] = getattr(self, "checkpoint", "") or None
+            params["controller"] = self.checkpoint or None
             params["controller_scorer"] = self.controller.config.scorer if self.controller is not None else None
+            params.update(self.training)
         return params
 
     # ---- per step: score, pick tokens to rebuild ----------------------------------------------

@@ -193,6 +193,7 @@ def prepare_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> No
         loaded.name = adapted_name(loaded.name, str(folder / "adapter"))
     controller = load_controller(folder).to(loaded.device)
     policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
+    policy.training = {"labels_horizon": cfg["adore"]["labels"].get("horizon", 1), "finetune": cfg["adore"]["finetune"]}
 
 
 def run_train(cfg: dict[str, Any]) -> Path:
