@@ -58,6 +58,7 @@ def test_report_keeps_latest_row_per_configuration():
     ]
     latest = latest_rows(rows)
     assert [(r["method"], r["rougeL"]) for r in latest] == [("full", 3.0), ("h2o", 2.0)]
-    table = markdown_table(latest, ("method", "rougeL"))
-    assert table.splitlines()[2:] == ["| full | 3.00 |", "| h2o | 2.00 |"]
+    table = markdown_table(latest, (("method", "method"), ("extra", "params"), ("rougeL", "ROUGE-L")))
+    assert table.splitlines()[0] == "| method | params | ROUGE-L |"
+    assert table.splitlines()[2:] == ["| full | - | 3.00 |", "| h2o | - | 2.00 |"]
     assert json.loads(json.dumps(latest))  # rows stay JSON-serialisable
