@@ -102,7 +102,7 @@ class PolicyLayer(DynamicLayer):
         # Publish ourselves (and a mask, when the model's index-causal mask would be wrong) to the
         # attention function through the kwargs dict that LlamaAttention hands to both calls.
         sdpa_needs_mask = self.has_invalid or self.owner.out_of_order or (q > 1 and stored > 0)
-        scores_need_mask = self.policy.needs_scores and (q > 1 or self.has_invalid)
+        scores_need_mask = self.policy.needs_scores and (q > 1 or self.has_invalid or self.owner.out_of_order)
         mask = score_mask = None
         if sdpa_needs_mask or scores_need_mask:
             causal = self.valid[:, :, None, :] & (self.positions[:, :, None, :] <= new_pos[:, None, :, None])
