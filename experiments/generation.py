@@ -15,7 +15,7 @@ from .data import dataset_spec, load_samples
 from .metrics import bertscore_f1, corpus_bleu, default_bertscore_model, latency_percentiles, rouge_f1
 from .prompting import build_prompt_ids
 from .results import clean_number
-from .runtime import Run, check_policy_ready, model_from_config, peak_memory_mb, policy_from_config, prepare_policy
+from .runtime import PeakMemory, Run, check_policy_ready, model_from_config, policy_from_config, prepare_policy
 
 
 def dataset_options(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +53,10 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     steps: list[float] = []
     kv_peak = 0
     run.save_config()
-    with tqdm(total=len(samples), desc=f"{policy.method_name} on {spec.name}", unit="sample") as bar:
+    with (
+        PeakMemory(loaded.device) as memory,
+        tqdm(total=len(samples), desc=f"{policy.method_name} on {spec.name}", unit="sample") as bar,
+    ):
         for start in range(0, len(order), cfg["batch_size"]):
             batch = order[start : start + cfg["batch_size"]]
             result = engine.generate([prompts[i] for i in batch], cfg["max_new_tokens"])
@@ -93,6 +96,6 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         decode_tok_s=clean_number(decode_tokens / decode_s if decode_s else None, 2),
         ms_per_token_p50=clean_number(p50, 2),
         ms_per_token_p90=clean_number(p90, 2),
-        peak_mem_mb=clean_number(peak_memory_mb(loaded.device), 1),
+        peak_mem_mb=clean_number(memory.mb, 1),
         kv_cache_mb=clean_number(kv_peak / 2**20, 3),
     )

@@ -21,7 +21,7 @@ from .generation import dataset_options
 from .metrics import latency_percentiles
 from .prompting import build_prompt_ids
 from .results import clean_number
-from .runtime import Run, model_from_config, peak_memory_mb
+from .runtime import PeakMemory, Run, model_from_config
 
 
 class _StepClock(BaseStreamer):
@@ -48,18 +48,19 @@ def run_parity(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     steps: dict[str, list[float]] = {"hf_generate": [], "full": []}
     equal = 0
-    for sample in tqdm(samples, desc="engine vs generate", unit="sample"):
-        prompt = build_prompt_ids(tokenizer, spec, sample)
-        ids = torch.tensor([prompt], device=loaded.device)
-        clock = _StepClock(loaded.device)
-        reference = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg["max_new_tokens"], do_sample=False,
-            streamer=clock, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )[0, len(prompt) :].tolist()  # fmt: skip
-        steps["hf_generate"] += [b - a for a, b in zip(clock.times[1:], clock.times[2:], strict=False)]
-        ours = engine.generate([prompt], cfg["max_new_tokens"])
-        steps["full"] += ours.step_s
-        equal += ours.tokens[0] == reference[: len(ours.tokens[0])] and len(ours.tokens[0]) == len(reference)
+    with PeakMemory(loaded.device) as memory:
+        for sample in tqdm(samples, desc="engine vs generate", unit="sample"):
+            prompt = build_prompt_ids(tokenizer, spec, sample)
+            ids = torch.tensor([prompt], device=loaded.device)
+            clock = _StepClock(loaded.device)
+            reference = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg["max_new_tokens"], do_sample=False,
+                streamer=clock, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )[0, len(prompt) :].tolist()  # fmt: skip
+            steps["hf_generate"] += [b - a for a, b in zip(clock.times[1:], clock.times[2:], strict=False)]
+            ours = engine.generate([prompt], cfg["max_new_tokens"])
+            steps["full"] += ours.step_s
+            equal += ours.tokens[0] == reference[: len(ours.tokens[0])] and len(ours.tokens[0]) == len(reference)
     rows = []
     for method, times in steps.items():
         run = Run({**cfg, "method": {"name": method}}, task="parity")
@@ -72,7 +73,7 @@ def run_parity(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 decode_tok_s=clean_number(len(times) / sum(times), 2),
                 ms_per_token_p50=clean_number(p50, 2),
                 ms_per_token_p90=clean_number(p90, 2),
-                peak_mem_mb=clean_number(peak_memory_mb(loaded.device), 1),
+                peak_mem_mb=clean_number(memory.mb, 1),
             )
         )
     hf, ours = rows[0]["decode_tok_s"], rows[1]["decode_tok_s"]

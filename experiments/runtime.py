@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from adore import KVPolicy, LoadedModel, build_policy, load_model
@@ -86,12 +86,41 @@ def merge_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
     return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated (CUDA), or the process' peak resident set size (CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+class PeakMemory:
+    """Peak memory over a block, in MB: CUDA's peak allocation, or on CPU the process' resident set
+    sampled every ``interval`` seconds by a background thread (``ru_maxrss`` would carry the peak of
+    earlier runs in the same process, e.g. a Hydra multirun)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02):
+        self.device, self.interval, self.peak_bytes = device, interval, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while True:
+            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak_bytes / 2**20
 
 
 @dataclass

@@ -62,3 +62,20 @@ def test_report_keeps_latest_row_per_configuration():
     assert table.splitlines()[0] == "| method | params | ROUGE-L |"
     assert table.splitlines()[2:] == ["| full | - | 3.00 |", "| h2o | - | 2.00 |"]
     assert json.loads(json.dumps(latest))  # rows stay JSON-serialisable
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    import torch
+
+    from experiments.runtime import PeakMemory
+
+    with PeakMemory(torch.device("cpu"), interval=0.005) as outside:
+        pass
+    with PeakMemory(torch.device("cpu"), interval=0.005) as inside:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block += 1
+        import time
+
+        time.sleep(0.05)
+        del block
+    assert inside.mb > outside.mb + 48
