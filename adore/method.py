@@ -118,7 +118,6 @@ class ADORE(KVPolicy):
         current = positions[:, -1]  # left padding: the last column is each sequence's current token
         if self.scorer == "oracle":
             state["oracle"] = torch.zeros_like(state["tokens"], dtype=torch.float32)
-            state["current"] = current
             return input_ids, positions, valid
         if self.controller is None:
             raise ConfigError("adore has no controller: run `python run.py task=train method=adore` first")
