@@ -73,6 +73,13 @@ def main(cfg: DictConfig) -> None:
 
             row = run_generation(config)
             print(markdown_table([row]))
+        elif task == "stream":
+            from experiments.streaming import run_stream
+
+            row = run_stream(config)
+            print(
+                f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
+            )
         elif task == "train":
             from experiments.adore_training import run_train
 

@@ -92,3 +92,20 @@ def test_adore_without_controller_and_training_disabled_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: no ADORE controller at ")
     assert "task=train method=adore" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.model
+def test_stream_task_writes_nll_windows_and_plot(tmp_path):
+    text = tmp_path / "book.txt"
+    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 4)
+    result = run_cli(
+        "task=stream", "method=window", "method.m=16", "dataset=text", f"dataset.path={text}",
+        "dataset.max_tokens=40", "task.window=16", results_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert row["task"] == "stream" and row["perplexity"] > 1 and row["rougeL"] is None
+    run_dir = Path(row["run_dir"])
+    assert len((run_dir / "nll.txt").read_text().split()) == 39
+    assert [w["start"] for w in json.loads((run_dir / "windows.json").read_text())] == [0, 16, 32]
+    assert (run_dir / "perplexity.png").stat().st_size > 0
