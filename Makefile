@@ -18,7 +18,7 @@ BUDGETS := 32,64,128
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
 setup: $(STAMP)
-	@$(PY) scripts/prepare_assets.py --models-dir models
+	@$(PY) scripts/prepare_assets.py --models-dir models --data-dir data
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

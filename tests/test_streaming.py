@@ -72,3 +72,18 @@ def test_bad_streams_give_clear_errors(tiny_model, tmp_path):
     (tmp_path / "book.txt").write_text("It was the best of times.")
     (sample,) = load_samples("text", path=str(tmp_path / "book.txt"))
     assert sample.id == "book" and sample.fields["text"].startswith("It was")
+
+
+def test_gutenberg_loader_on_a_fixture_folder(tmp_path):
+    from experiments.data.gutenberg import strip_gutenberg
+
+    (tmp_path / "hamlet.txt").write_text("HAMLET\n\nWho's there?")
+    (tmp_path / "sonnets.txt").write_text("From fairest creatures")
+    (sample,) = load_samples("gutenberg", book="hamlet", data_dir=str(tmp_path))
+    assert sample.id == "hamlet" and "Who's there?" in sample.fields["text"]
+    with pytest.raises(ConfigError, match="unknown dataset.book 'lear'; choose one of: hamlet, sonnets"):
+        load_samples("gutenberg", book="lear", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="run `make setup`"):
+        load_samples("gutenberg", data_dir=str(tmp_path / "missing"))
+    wrapped = "licence\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\nBody.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore"
+    assert strip_gutenberg(wrapped) == "Body."
