@@ -8,6 +8,7 @@ YAML file under ``conf/method/``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 from typing import Any
