@@ -25,6 +25,11 @@ from .errors import BudgetViolation
 from .policy import KVPolicy
 
 
+def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """Broadcast a slot index ``[B, H, S']`` over the trailing dims of a per-slot tensor ``[B, H, S, ...]``."""
+    return index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
+
+
 @dataclass
 class EvictionPlan:
     """Either one ``victim`` slot per (sequence, head) (``[B, H, 1]``) or the slots to keep (``[B, H, S']``)."""
@@ -90,7 +95,7 @@ class PolicyLayer(DynamicLayer):
         self.keys = torch.cat([self.keys, key_states], dim=2)
         self.values = torch.cat([self.values, value_states], dim=2)
         self.positions = torch.cat([self.positions, new_pos[:, None].expand(B, H, q)], dim=2)
-        self.valid = torch.cat([self.valid, new_valid.to(key_states.device)[:, None].expand(B, H, q)], dim=2)
+        self.valid = torch.cat([self.valid, new_valid[:, None].expand(B, H, q)], dim=2)
         if self.layer_idx == 0:
             self.owner.note_positions(new_pos, new_valid)
         self.has_invalid = self.has_invalid or not self.owner.step_all_valid
@@ -153,8 +158,7 @@ class PolicyLayer(DynamicLayer):
         if plan.victim is not None:
             # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
             for name, tensor in self._slot_tensors():
-                index = plan.victim.view(*plan.victim.shape, *([1] * (tensor.dim() - 3)))
-                tensor.scatter_(2, index.expand(*plan.victim.shape, *tensor.shape[3:]), tensor[:, :, -1:].clone())
+                tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
                 self._set(name, tensor[:, :, :-1])
         elif self.policy.slicing == "matmul":
             self.select_by_matmul(plan.index)
@@ -162,22 +166,19 @@ class PolicyLayer(DynamicLayer):
             self.gather(plan.index)
         self._refresh_invalid()
 
-    def gather(self, index: torch.Tensor) -> None:
-        """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor."""
-        for name, tensor in self._slot_tensors():
-            expanded = index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
-            self._set(name, tensor.gather(2, expanded))
+    def gather(self, index: torch.Tensor, skip: int = 0) -> None:
+        """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor (after the first ``skip``)."""
+        for name, tensor in self._slot_tensors()[skip:]:
+            self._set(name, tensor.gather(2, _along_slots(index, tensor)))
 
     def select_by_matmul(self, index: torch.Tensor) -> None:
         """ADORE's "matrix slicing": keys and values are multiplied by a 0/1 selection matrix
         ``P [B, S', S]`` (one per sequence, shared by every head: the keep-set must be uniform);
         slot metadata is gathered."""
-        selection = self.owner.selection_matrix(index[:, 0], self.stored, self.keys.dtype)
+        selection = self.owner.selection_matrix(index, self.stored, self.keys.dtype)
         self.keys = torch.einsum("bks,bhsd->bhkd", selection, self.keys)
         self.values = torch.einsum("bks,bhsd->bhkd", selection, self.values)
-        for name, tensor in self._slot_tensors()[2:]:
-            expanded = index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
-            self._set(name, tensor.gather(2, expanded))
+        self.gather(index, skip=2)
 
     def _slot_tensors(self) -> list[tuple[str, torch.Tensor]]:
         base = [("keys", self.keys), ("values", self.values), ("positions", self.positions), ("valid", self.valid)]
@@ -229,14 +230,15 @@ class PolicyCache(Cache):
             layer.apply(plan)
 
     def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
-        """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, k]] = 1``, built in a buffer reused across
-        layers and steps (the paper's pre-prepared slicing matrices)."""
-        shape = (index.shape[0], index.shape[1], stored)
+        """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, 0, k]] = 1`` for a uniform keep-set ``index``
+        ``[B, H, S']``, built in a buffer reused across layers (same plan) and steps (same shape): the
+        paper's pre-prepared slicing matrices."""
+        shape = (index.shape[0], index.shape[2], stored)
         if self._selection is None or self._selection.shape != shape or self._selection.dtype != dtype:
             self._selection = torch.zeros(shape, dtype=dtype, device=index.device)
             self._selection_index = None
-        if self._selection_index is None or not torch.equal(self._selection_index, index):
-            self._selection.zero_().scatter_(2, index[..., None], 1.0)
+        if self._selection_index is not index:  # one plan serves every layer of a step
+            self._selection.zero_().scatter_(2, index[:, 0, :, None], 1.0)
             self._selection_index = index
         return self._selection
 

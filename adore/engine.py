@@ -117,11 +117,11 @@ class DecodingEngine:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # what generate() does; pads sit at 0
 
         cache = self.new_cache()
-        self._sync()
+        self.synchronize()
         start = time.perf_counter()
         logits = self.forward(cache, input_ids, positions, valid if not bool(valid.all()) else None)
         next_ids = logits[:, -1].argmax(-1)
-        self._sync()
+        self.synchronize()
         result = GenerationResult(
             tokens=[[] for _ in range(batch)], prefill_s=time.perf_counter() - start, prompt_tokens=int(valid.sum())
         )
@@ -147,11 +147,12 @@ class DecodingEngine:
             position = position + 1
             logits = self.forward(cache, feed[:, None], position)
             next_ids = logits[:, -1].argmax(-1)
-            self._sync()
+            self.synchronize()
             result.step_s.append(time.perf_counter() - start)
             result.kv_peak_bytes = max(result.kv_peak_bytes, cache.kv_bytes())
         return result
 
-    def _sync(self) -> None:
+    def synchronize(self) -> None:
+        """Wait for the device (CUDA), so that wall-clock timers measure the work."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

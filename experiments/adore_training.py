@@ -9,6 +9,7 @@ the controller, label and training settings and the fine-tuning switch:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -68,11 +69,11 @@ def training_sequence(tokenizer, spec: DatasetSpec, sample, max_length: int) -> 
 
 
 def _split(cfg: dict[str, Any], split: str, limit: int) -> list:
+    name = cfg["dataset"]["name"]
+    if "split" not in inspect.signature(dataset_spec(name).loader).parameters:
+        raise ConfigError(f"dataset {name!r} has no {split!r} split to train ADORE on; train on e.g. dataset=aclsum")
     options = {k: v for k, v in cfg["dataset"].items() if k not in ("name", "limit", "task", "split") and v is not None}
-    try:
-        return load_samples(cfg["dataset"]["name"], limit, split=split, **options)
-    except TypeError:
-        raise ConfigError(f"dataset {cfg['dataset']['name']!r} has no {split!r} split to train ADORE on") from None
+    return load_samples(name, limit, split=split, **options)
 
 
 def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cfg: dict, desc: str):

@@ -54,7 +54,7 @@ def stream_nll(
                 torch.arange(start, stop, device=ids.device)[None],
                 logits_to_keep=stop - start,
             )
-            engine._sync()
+            engine.synchronize()
             times.append(time.perf_counter() - began)
             losses = torch.nn.functional.cross_entropy(
                 logits[0].float(), ids[0, start + 1 : stop + 1], reduction="none"
