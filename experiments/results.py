@@ -1,9 +1,9 @@
 """Result rows: one JSON line per run in ``<results_dir>/runs.jsonl``, written atomically.
 
-Each row has exactly :data:`ROW_KEYS` (throughput rows add :data:`THROUGHPUT_KEYS`); metrics that do
-not apply are ``null``. A line is written with a single ``write`` on a file opened for appending
-and then fsync-ed, so a crash or a kill never leaves half a line, and rows already written are
-never rewritten.
+Each row has exactly :data:`ROW_KEYS` (throughput rows add :data:`THROUGHPUT_KEYS`; math and
+StreamEval rows add :data:`ACCURACY_KEY`); metrics that do not apply are ``null``. A line is written
+with a single ``write`` on a file opened for appending and then fsync-ed, so a crash or a kill never
+leaves half a line, and rows already written are never rewritten.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ ROW_KEYS = (
     "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s", "run_dir",
 )  # fmt: skip
 THROUGHPUT_KEYS = ("context_length", "batch_size")
+ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math datasets, StreamEval)
+# Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
+# of the hash at that default, so earlier rows keep their hash.
+HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None}
 RUNS_FILE = "runs.jsonl"
 
 
@@ -47,17 +51,21 @@ def git_commit() -> str | None:
 def config_hash(config: Mapping[str, Any]) -> str:
     """Stable hash of the settings that define a run's numbers (not where its outputs go)."""
     relevant = {k: v for k, v in config.items() if k not in ("results_dir", "hydra")}
+    for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
+        if isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
+            relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def make_row(**values: Any) -> dict[str, Any]:
-    """A row with every key of :data:`ROW_KEYS` (missing ones ``None``); unknown keys are an error."""
-    allowed = set(ROW_KEYS) | set(THROUGHPUT_KEYS)
-    unknown = sorted(set(values) - allowed)
+    """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
+    :data:`THROUGHPUT_KEYS` and :data:`ACCURACY_KEY` that are given; unknown keys are an error."""
+    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY)
+    unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
     if unknown:
         raise KeyError(f"not result-row keys: {unknown}")
     row = {key: values.get(key) for key in ROW_KEYS}
-    row.update({key: values[key] for key in THROUGHPUT_KEYS if key in values})
+    row.update({key: values[key] for key in optional if key in values})
     return row
 
 
