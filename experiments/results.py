@@ -2,16 +2,20 @@
 
 Each row has exactly :data:`ROW_KEYS` (throughput rows add :data:`THROUGHPUT_KEYS`; math and
 StreamEval rows add :data:`ACCURACY_KEY`); metrics that do not apply are ``null``. A line is written
-with a single ``write`` on a file opened for appending and then fsync-ed, so a crash or a kill never
-leaves half a line, and rows already written are never rewritten.
+with a single ``write`` on a file opened for appending, under an exclusive lock, and then fsync-ed:
+concurrent writers never interleave, a torn tail left by a killed writer is cut by the next append,
+and complete rows are never rewritten (see :func:`append_row`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -32,6 +36,8 @@ ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math dat
 # of the hash at that default, so earlier rows keep their hash.
 HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None}
 RUNS_FILE = "runs.jsonl"
+# Top-level keys that say where outputs go or whether to rerun, not what a run computes.
+NOT_HASHED = ("results_dir", "hydra", "force")
 
 
 def new_run_id() -> str:
@@ -50,7 +56,7 @@ def git_commit() -> str | None:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """Stable hash of the settings that define a run's numbers (not where its outputs go)."""
-    relevant = {k: v for k, v in config.items() if k not in ("results_dir", "hydra")}
+    relevant = {k: v for k, v in config.items() if k not in NOT_HASHED}
     for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
         if isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
             relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
@@ -69,38 +75,96 @@ def make_row(**values: Any) -> dict[str, Any]:
     return row
 
 
+def _lock(fd: int, operation: int) -> None:
+    """``flock`` the file; file systems without locks fall back to ``O_APPEND`` alone (whole lines on a
+    local disk, but not across NFS clients: see README "Sweeps and reports")."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, operation)
+
+
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    """Cut an unterminated last line: only a writer killed inside its ``write`` leaves one (Linux
+    stops a large write between pages on SIGKILL), since writers hold the lock for a whole line."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    cut, block = size, 1 << 16
+    while cut > 0:
+        start = max(0, cut - block)
+        newline = os.pread(fd, cut - start, start).rfind(b"\n")
+        if newline >= 0:
+            cut = start + newline + 1
+            break
+        cut = start
+    os.ftruncate(fd, cut)
+    print(
+        f"warning: {path}: dropped a torn last line ({size - cut} bytes) left by a writer killed mid-write; "
+        "the rows before it are intact",
+        file=sys.stderr,
+    )
+
+
 def append_row(results_dir: str | Path, row: Mapping[str, Any]) -> Path:
-    """Append one row to ``runs.jsonl`` with a single write, then fsync."""
+    """Append one row to ``runs.jsonl`` as one whole line, then fsync.
+
+    The line goes out in a single ``write`` on a file opened with ``O_APPEND``, under an exclusive
+    ``flock``, so concurrent writers (parallel launchers) never interleave bytes, whatever the row's
+    size. A writer killed mid-write (SIGKILL can cut a multi-page write short) leaves an unterminated
+    tail, which the next append cuts off before writing: no torn line survives, no complete row is lost.
+    """
     path = Path(results_dir) / RUNS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, sort_keys=False, allow_nan=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = memoryview((json.dumps(row, sort_keys=False, allow_nan=False, default=str) + "\n").encode())
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        _lock(fd, fcntl.LOCK_EX)
+        _drop_torn_tail(fd, path)
+        while line:  # one write for a whole line, unless the kernel returns a short count
+            line = line[os.write(fd, line) :]
         os.fsync(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
     return path
 
 
-def read_rows(results_dir: str | Path) -> list[dict[str, Any]]:
-    """All rows of ``runs.jsonl``; a corrupt line is reported with its number and how to fix it."""
+def read_rows(results_dir: str | Path, on_error: str = "raise") -> list[dict[str, Any]]:
+    """All rows of ``runs.jsonl``, read under a shared lock (no half-written row from a live writer).
+
+    A corrupt line is named by its number. ``on_error="raise"`` (the default, for callers that must
+    not go on with a damaged file) raises :class:`HarnessError`; ``on_error="warn"`` (the report and
+    the sweep's resume check) prints one warning line on stderr and skips that line.
+    """
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
     path = Path(results_dir) / RUNS_FILE
     if not path.exists():
         return []
+    with path.open("rb") as handle:
+        _lock(handle.fileno(), fcntl.LOCK_SH)
+        data = handle.read()
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        problem = None
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise HarnessError(
-                f"{path} line {number} is not valid JSON ({error.msg}); delete or repair that line, other rows are intact"
-            ) from None
-        if not isinstance(row, dict):
-            raise HarnessError(f"{path} line {number} is not a JSON object; delete or repair that line")
-        rows.append(row)
+            problem = f"is not valid JSON ({error.msg})"
+        else:
+            if not isinstance(row, dict):
+                problem = "is not a JSON object"
+        if problem is None:
+            rows.append(row)
+            continue
+        if number == len(lines) and not data.endswith(b"\n"):
+            problem += " and has no newline: a writer was killed mid-write; the next append removes it"
+        if on_error == "raise":
+            raise HarnessError(f"{path} line {number} {problem}; delete or repair that line, other rows are intact")
+        print(f"warning: {path} line {number} {problem}; skipped it (delete or repair that line)", file=sys.stderr)
     return rows
 
 
