@@ -34,7 +34,8 @@ def _choices(group: str) -> list[str]:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Reject unknown group choices and method parameters before Hydra prints a wall of text."""
+    """Reject unknown group choices, method parameters and keys before Hydra prints a wall of text."""
+    composed, composition_error = compose_first_job(argv)
     chosen: dict[str, list[str]] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -53,11 +54,97 @@ def check_command_line(argv: list[str]) -> None:
 
         from adore.registry import method_class
 
-        for name in chosen.get("method", ["full"]):
+        default = [composed["method"]["name"]] if composed is not None else ["full"]
+        for name in chosen.get("method", default):
             known = {f.name for f in fields(method_class(name))}
             for param in method_params:
                 if param not in known:
                     fail(f"method {name!r} has no parameter {param!r}; its parameters are: {', '.join(sorted(known))}")
+    if composition_error:
+        fail(composition_error)
+
+
+# Hydra's flags: those followed by a value, and those after which no overrides are checked here.
+_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p")
+_FLAGS_UNCHECKED = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
+                    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun")  # fmt: skip
+
+
+def _overrides(argv: list[str]) -> list[str] | None:
+    """The override arguments, or ``None`` when a flag makes Hydra do something else than compose."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=", 1)[0] in _FLAGS_UNCHECKED:
+            return None
+        elif arg in ("-m", "--multirun") or arg.split("=", 1)[0] in _FLAGS_WITH_VALUE:
+            skip = arg in _FLAGS_WITH_VALUE
+        elif arg.startswith("-"):
+            return None  # not a flag we know: Hydra's own usage message explains it
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def compose_first_job(argv: list[str]) -> tuple[DictConfig | None, str | None]:
+    """Compose the config of a sweep's first job (each sweep at its first value) the way Hydra will,
+    so that an unknown key, a missing config or a malformed override is one line, not a wall.
+    Returns the config, or the error message."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    overrides = _overrides(argv)
+    if overrides is None:
+        return None, None
+    first = []
+    for text in overrides:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([text])
+        except OverrideParseException as error:
+            return (
+                None,
+                f"cannot parse the override {text!r} ({str(error).splitlines()[0]}); see `python run.py --help`",
+            )
+        if override.is_sweep_override():
+            if override.is_glob():
+                continue
+            text = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        first.append(text)
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="run"):
+            return compose("config", overrides=first, return_hydra_config=True), None
+    except MissingConfigException as error:
+        missing = error.missing_cfg_file or ""
+        group, _, name = missing.rpartition("/")
+        options = f"; choose one of: {', '.join(error.options)}" if error.options else ""
+        what = f"{group} {name!r}" if group else repr(missing)
+        return None, f"unknown {what}{options} (files in conf/{group}/)" if group else f"missing config {what}{options}"
+    except HydraException as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        key = (
+            lines[0].removeprefix("Could not override '").split("'")[0]
+            if lines[0].startswith("Could not override")
+            else None
+        )
+        if key is not None and any("not in struct" in line for line in lines):
+            return None, f"unknown key {key!r}; `python run.py --cfg job` lists every key (a new key needs +{key}=...)"
+        return None, " ".join(lines)
+
+
+def dataset_task(config: dict) -> dict:
+    """``task=generate`` (the default) on a dataset of another task (``gutenberg``: ``stream``) runs
+    that dataset's task with the defaults of ``conf/task/<task>.yaml``."""
+    if config["task"]["name"] != "generate":
+        return config
+    from experiments.data import dataset_spec
+
+    task = dataset_spec(config["dataset"]["name"]).task
+    if task == "generate":
+        return config
+    print(f"dataset={config['dataset']['name']} is a {task!r} dataset: running task={task}", file=sys.stderr)
+    return {**config, "task": OmegaConf.to_container(OmegaConf.load(CONF / "task" / f"{task}.yaml"))}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -65,14 +152,23 @@ def main(cfg: DictConfig) -> None:
     from adore.errors import HarnessError
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    task = config["task"]["name"]
     try:
+        config = dataset_task(config)
+        task = config["task"]["name"]
+        from experiments.sweep import resume_check
+
+        config, skip = resume_check(config)  # before any model loads; the same dict Run.finish hashes
+        if skip:
+            print(skip)
+            return
         if task == "generate":
             from experiments.generation import run_generation
             from experiments.report import markdown_table
 
             row = run_generation(config)
             print(markdown_table([row]))
+            if row.get("accuracy") is not None:
+                print(f"exact-match accuracy of the final number: {row['accuracy']}%")
         elif task == "stream":
             from experiments.streaming import run_stream
 
@@ -80,6 +176,11 @@ def main(cfg: DictConfig) -> None:
             print(
                 f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
             )
+        elif task == "streameval":
+            from experiments.streameval import run_streameval
+
+            row = run_streameval(config)
+            print(f"StreamEval accuracy {row['accuracy']}% on {row['n_samples']} queries; curve in {row['run_dir']}")
         elif task == "train":
             from experiments.adore_training import run_train
 
@@ -88,6 +189,10 @@ def main(cfg: DictConfig) -> None:
             from experiments.parity import run_parity
 
             run_parity(config)
+        elif task == "throughput":
+            from experiments.throughput import run_throughput
+
+            run_throughput(config)
         elif task == "report":
             from experiments.report import run_report
 

@@ -1,0 +1,117 @@
+"""The throughput task's measurement code (never its speed): rows, KV accounting, roofline, packing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from adore import build_policy
+from experiments.results import ROW_KEYS, THROUGHPUT_KEYS, read_rows
+from experiments.throughput import (
+    decode_kv_tokens,
+    kv_bytes_per_token,
+    largest_batch,
+    method_specs,
+    packing_gain,
+    roofline_tok_s,
+    weight_bytes,
+)
+from tests.conftest import SMOLLM2, tiny_llama
+
+
+def test_kv_bytes_per_token_of_smollm2_shape():
+    # 30 layers x (K and V) x 3 KV heads x 64 dims x 4 bytes (fp32) = 46,080 bytes.
+    config = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    assert kv_bytes_per_token(config, torch.float32) == 46_080
+    assert kv_bytes_per_token(config, torch.bfloat16) == 23_040
+
+
+def test_weight_bytes_counts_tied_matrices_once():
+    model = tiny_llama()
+    model.lm_head.weight = model.model.embed_tokens.weight  # tie
+    parameters = {p.data_ptr(): p.numel() * 4 for p in model.parameters()}
+    assert weight_bytes(model) == sum(parameters.values())
+    assert weight_bytes(model) < sum(p.numel() * 4 for p in model.parameters()) + model.lm_head.weight.numel() * 4
+
+
+def test_roofline_matches_a_hand_computation():
+    # 10 GB/s; a step reads 400 MB of weights plus 100 MB of KV for the whole batch of 4:
+    # 4 tokens per 0.05 s = 80 tokens/s.
+    assert roofline_tok_s(10e9, 400_000_000, 100_000_000, 4) == pytest.approx(80.0)
+    assert roofline_tok_s(10e9, 500_000_000, 0, 1) == pytest.approx(20.0)
+
+
+def test_decode_kv_tokens_per_method():
+    assert decode_kv_tokens(build_policy("full"), 4096, 32) == 4128
+    assert decode_kv_tokens(build_policy("window", m=128), 4096, 32) == 129
+    assert decode_kv_tokens(build_policy("window", m=128), 64, 32) == 96  # the budget is never reached
+    assert decode_kv_tokens(build_policy("adore", m=128, R=8), 4096, 32) == 137  # m + current + R rebuilt
+
+
+@pytest.mark.parametrize(
+    ("budget", "per_sequence", "max_batch", "expected"),
+    [(100, 30, 10, 3), (90, 30, 10, 3), (89, 30, 10, 2), (29, 30, 10, 0), (10_000, 30, 16, 16)],
+)
+def test_packing_picks_the_largest_batch_that_fits(budget, per_sequence, max_batch, expected):
+    batch = largest_batch(budget, per_sequence, max_batch)
+    assert batch == expected
+    assert batch * per_sequence <= budget
+    assert batch == max_batch or (batch + 1) * per_sequence > budget
+
+
+def test_packing_gain_is_the_papers_measure():
+    assert packing_gain(32.18, 10.0) == pytest.approx(221.8)
+    assert packing_gain(10.0, 10.0) == 0.0
+
+
+def test_method_specs_apply_run_budget_but_not_to_full():
+    specs = method_specs({"methods": ["full", "window", {"name": "adore", "R": 8}], "m": 96, "R": 0})
+    assert [(s.name, s.params.get("m"), s.params.get("R")) for s in specs] == [
+        ("full", None, None), ("window", 96, None), ("adore", 96, 8)
+    ]  # fmt: skip
+    assert specs[2].label == "adore m=96 R=8"
+
+
+@pytest.mark.model
+def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.throughput import run_throughput
+    from tests.conftest import ROOT
+
+    overrides = [
+        "task=throughput", f"model.path={SMOLLM2}", f"results_dir={tmp_path}", "task.text=null",
+        "task.methods=[hf_generate,full,window]", "task.m=8", "task.context_lengths=[12]",
+        "task.batch_sizes=[1,2]", "task.new_tokens=5", "task.warmup_steps=1",
+        "task.packing.kv_budget_mb=0.8", "task.packing.context_length=12", "task.packing.max_batch=4",
+        "task.packing.methods=[full,window]",
+    ]  # fmt: skip
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    run_throughput(cfg)
+    rows = read_rows(tmp_path)
+    grid = [r for r in rows if r["task"] == "throughput"]
+    assert [(r["method"], r["batch_size"]) for r in grid] == [
+        (m, b) for b in (1, 2) for m in ("hf_generate", "full", "window")
+    ]
+    per_token = 46_080
+    for row in rows:
+        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS
+        assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["peak_mem_mb"] > 0
+        assert row["ms_per_token_p50"] <= row["ms_per_token_p90"]
+        # The cache after the last step holds the prompt and every generated token but the last.
+        held = 12 + 5 - 1 if row["method"] != "window" else 8
+        assert row["kv_cache_mb"] == pytest.approx(row["batch_size"] * held * per_token / 2**20, abs=1e-3)
+    # 0.8 MB of KV: full holds 17 tokens x 45 KiB = 0.75 MB per sequence (batch 1); window holds 8 + 1
+    # tokens = 0.40 MB (batch 2; 3 would need 1.19 MB).
+    summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+    assert [(e["name"], e["batch_size"]) for e in summary["packing"]["methods"]] == [("full", 1), ("window", 2)]
+    assert [(r["method"], r["batch_size"]) for r in rows if r["task"] == "packing"] == [("full", 1), ("window", 2)]
+    assert summary["bandwidth_gb_s"] > 0 and all(0 < r["fraction"] for r in summary["roofline"])
+    folder = next(tmp_path.glob("runs/*"))
+    assert (folder / "tok_s_vs_context.png").is_file() and (folder / "memory_vs_context.pdf").is_file()
