@@ -16,7 +16,6 @@ cache-relative mode). :meth:`DecodingEngine.forward` also feeds several tokens a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ import torch
 
 from .cache import PolicyCache
 from .policy import KVPolicy
+from .timing import DeviceTimer
 
 
 @dataclass
@@ -117,13 +117,11 @@ class DecodingEngine:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # what generate() does; pads sit at 0
 
         cache = self.new_cache()
-        self.synchronize()
-        start = time.perf_counter()
-        logits = self.forward(cache, input_ids, positions, valid if not bool(valid.all()) else None)
-        next_ids = logits[:, -1].argmax(-1)
-        self.synchronize()
+        with DeviceTimer(self.device) as timer:
+            logits = self.forward(cache, input_ids, positions, valid if not bool(valid.all()) else None)
+            next_ids = logits[:, -1].argmax(-1)
         result = GenerationResult(
-            tokens=[[] for _ in range(batch)], prefill_s=time.perf_counter() - start, prompt_tokens=int(valid.sum())
+            tokens=[[] for _ in range(batch)], prefill_s=timer.seconds, prompt_tokens=int(valid.sum())
         )
         result.kv_peak_bytes = cache.kv_bytes()
 
@@ -143,12 +141,11 @@ class DecodingEngine:
                 [self.pad_token_id if done else token for token, done in zip(tokens, finished, strict=True)],
                 device=self.device,
             )
-            start = time.perf_counter()
             position = position + 1
-            logits = self.forward(cache, feed[:, None], position)
-            next_ids = logits[:, -1].argmax(-1)
-            self.synchronize()
-            result.step_s.append(time.perf_counter() - start)
+            with DeviceTimer(self.device) as timer:
+                logits = self.forward(cache, feed[:, None], position)
+                next_ids = logits[:, -1].argmax(-1)
+            result.step_s.append(timer.seconds)
             result.kv_peak_bytes = max(result.kv_peak_bytes, cache.kv_bytes())
         return result
 

@@ -270,6 +270,62 @@ def measure(
     return Measurement(statistics.median(prefills), steps, len(prompts), sum(map(len, prompts)), kv, memory.mb)
 
 
+# Where a decode step's time goes: cumulative time (cProfile) of these functions of ``adore/``.
+_PROFILED = ("prepare_step", "update", "evict_uniform", "after_attention", "kv_policy_attention")
+
+
+def profile_decode(
+    loaded: LoadedModel, policy: KVPolicy, prompts: list[list[int]], new_tokens: int
+) -> dict[str, float]:
+    """Milliseconds per decode step by part: the policy's step preparation (ADORE: the controller and
+    the rebuild pick), the cache append and masks, eviction (plan + slicing), attention, and the rest
+    of the model; ``step`` is the whole step. A profiled one-token run is subtracted so the prefill
+    does not count. cProfile slows Python more than kernels: read the parts as shares."""
+    engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
+    prefill, _ = _profiled(lambda: engine.generate(prompts, 1))
+    total, result = _profiled(lambda: engine.generate(prompts, new_tokens))
+    steps = len(result.step_s)
+    ms = {name: 1000 * max(0.0, total[name] - prefill[name]) / steps for name in _PROFILED}
+    parts = {
+        "policy step (controller, rebuild pick)": ms["prepare_step"],
+        "cache append and masks": ms["update"],
+        "eviction (plan and slicing)": ms["evict_uniform"] + ms["after_attention"],
+        "attention": ms["kv_policy_attention"] - ms["after_attention"],
+    }
+    step = 1000 * sum(result.step_s) / steps
+    parts["rest of the model"] = max(0.0, step - sum(parts.values()))
+    return {**parts, "step": step}
+
+
+def _profiled(call) -> tuple[dict[str, float], Any]:
+    """Run ``call`` under cProfile: the cumulative seconds of each :data:`_PROFILED` function, and its result."""
+    import cProfile
+    import pstats
+
+    import adore
+
+    package = str(Path(adore.__file__).parent)
+    profiler = cProfile.Profile()
+    result = profiler.runcall(call)
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+    seconds = dict.fromkeys(_PROFILED, 0.0)
+    for (file, _, name), values in stats.items():
+        if name in seconds and file.startswith(package):
+            seconds[name] += values[3]
+    return seconds, result
+
+
+def run_profiles(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KVPolicy | None], bank: list[int],
+                 profile: dict[str, Any]) -> dict[str, dict[str, float]]:  # fmt: skip
+    """:func:`profile_decode` for every method of ``profile.methods`` at ``profile.context_length``, batch 1."""
+    out = {}
+    prompts = prompts_for(bank, profile["context_length"], 1)
+    for spec, policy in zip(specs, policies, strict=True):
+        if policy is not None and spec.name in profile["methods"]:
+            out[spec.label] = profile_decode(loaded, policy, prompts, profile["new_tokens"])
+    return out
+
+
 # ---- the task -----------------------------------------------------------------------------------
 @dataclass
 class ThroughputRun:
@@ -366,7 +422,8 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     grid = list(_grid(settings))
     packing = settings.get("packing") or {}
-    longest = max([c for c, _ in grid] + [packing.get("context_length") or 0]) + settings["new_tokens"]
+    profile_context = (settings.get("profile") or {}).get("context_length") or 0
+    longest = max([c for c, _ in grid] + [packing.get("context_length") or 0, profile_context]) + settings["new_tokens"]
     bank = prompt_bank(loaded, settings, longest * max(settings["batch_sizes"] + [packing.get("max_batch") or 1]))
     bandwidth = measure_bandwidth(loaded.device)
     weights = weight_bytes(loaded.model)
@@ -392,6 +449,8 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 bar.update(1)
 
     packed = run_packing(run, specs, policies, bank, packing, settings) if packing.get("kv_budget_mb") else None
+    profile = settings.get("profile") or {}
+    profiles = run_profiles(loaded, specs, policies, bank, profile) if profile.get("context_length") else {}
     summary = {
         "machine": machine_description(loaded.device),
         "bandwidth_gb_s": bandwidth / 1e9,
@@ -399,12 +458,13 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "kv_bytes_per_token": kv_bytes_per_token(loaded.model.config, loaded.dtype),
         "roofline": roofline,
         "packing": packed,
+        "profile": profiles,
     }
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run.run_dir / "table.md").write_text(summary_table(run.rows, roofline, packed))
     from .throughput_plots import plot_all
 
-    plot_all(run.rows, packed, run.run_dir, loaded.name)
+    plot_all(run.rows, packed, profiles, run.run_dir, loaded.name)
     print(summary_table(run.rows, roofline, packed))
     return run.rows
 

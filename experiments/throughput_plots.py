@@ -71,7 +71,26 @@ def plot_packing(packed: dict[str, Any], folder: Path, title: str) -> None:
     _save(figure, folder, "packing")
 
 
-def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, folder: Path, model: str) -> None:
+def plot_profile(profiles: dict[str, dict[str, float]], folder: Path, title: str) -> None:
+    """Stacked horizontal bars: milliseconds per decode step by part, one bar per method."""
+    if not profiles:
+        return
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.5, 0.6 * len(profiles) + 1.8))
+    labels = list(profiles)
+    parts = [part for part in next(iter(profiles.values())) if part != "step"]
+    left = [0.0] * len(labels)
+    for part in parts:
+        widths = [profiles[label][part] for label in labels]
+        axis.barh(labels, widths, left=left, label=part)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    axis.set(xlabel="milliseconds per decode step (cProfile)", title=title)
+    axis.legend(fontsize=7, loc="lower right")
+    _save(figure, folder, "step_profile")
+
+
+def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles: dict[str, dict[str, float]],
+             folder: Path, model: str) -> None:  # fmt: skip
     plot_against_context(rows, "decode_tok_s", "decode tokens/s", folder, "tok_s_vs_context", model)
     plot_against_context(rows, "peak_mem_mb", "peak memory (MB)", folder, "memory_vs_context", model)
     plot_against_context(rows, "kv_cache_mb", "KV cache (MB)", folder, "kv_vs_context", model)
@@ -79,3 +98,4 @@ def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, folder: 
                          f"{model}: ADORE vs window", methods={"adore", "window"})  # fmt: skip
     if packed:
         plot_packing(packed, folder, model)
+    plot_profile(profiles, folder, f"{model}: where a decode step goes")

@@ -87,7 +87,7 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         "task.methods=[hf_generate,full,window]", "task.m=8", "task.context_lengths=[12]",
         "task.batch_sizes=[1,2]", "task.new_tokens=5", "task.warmup_steps=1",
         "task.packing.kv_budget_mb=0.8", "task.packing.context_length=12", "task.packing.max_batch=4",
-        "task.packing.methods=[full,window]",
+        "task.packing.methods=[full,window]", "task.profile.context_length=12", "task.profile.new_tokens=4",
     ]  # fmt: skip
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         from omegaconf import OmegaConf
@@ -113,5 +113,10 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     assert [(e["name"], e["batch_size"]) for e in summary["packing"]["methods"]] == [("full", 1), ("window", 2)]
     assert [(r["method"], r["batch_size"]) for r in rows if r["task"] == "packing"] == [("full", 1), ("window", 2)]
     assert summary["bandwidth_gb_s"] > 0 and all(0 < r["fraction"] for r in summary["roofline"])
+    profile = summary["profile"]["window m=8"]
+    assert set(profile) >= {"eviction (plan and slicing)", "attention", "step"} and profile["step"] > 0
+    assert all(value >= 0 for value in profile.values())
+    assert summary["profile"].keys() == {"window m=8"}  # full is not in profile.methods
     folder = next(tmp_path.glob("runs/*"))
-    assert (folder / "tok_s_vs_context.png").is_file() and (folder / "memory_vs_context.pdf").is_file()
+    for figure in ("tok_s_vs_context.png", "memory_vs_context.pdf", "packing.png", "step_profile.png"):
+        assert (folder / figure).is_file(), figure
