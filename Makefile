@@ -13,7 +13,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 results_dir=results/demo
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval
+.PHONY: setup demo test lint format adore-eval throughput
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -42,6 +42,13 @@ adore-eval: setup
 	$(PY) run.py -m method=adore adore.finetune=true method.m=64 method.R=4,8 $(EVAL_ARGS)
 	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window,full method.m=64 model.adapter=adore:K32 $(EVAL_ARGS)
 	$(PY) run.py task=report results_dir=results/adore-eval
+
+# The throughput benchmark committed in results/throughput (2-core CPU; ~30 min): every method at
+# batch 1 over context 512..8192 with packing and the step profile; then batch 8 at context 4096.
+THROUGHPUT_DIR := results/throughput
+throughput: setup
+	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' results_dir=$(THROUGHPUT_DIR)
+	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,{name:adore,R:0}]' 'task.context_lengths=[4096]' 'task.batch_sizes=[8]' task.packing.kv_budget_mb=null task.profile.context_length=null results_dir=$(THROUGHPUT_DIR)
 
 test: setup lint
 	$(PY) -m pytest -q tests

@@ -43,6 +43,7 @@ from adore.errors import ConfigError
 from .metrics import latency_percentiles
 from .results import append_row, clean_number, config_hash, git_commit, make_row, new_run_id
 from .runtime import PeakMemory, model_from_config, policy_from_config, prepare_policy
+from .throughput_plots import method_label, plot_all
 
 HF_GENERATE = "hf_generate"
 CONF_METHODS = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -135,10 +136,11 @@ class MethodSpec:
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # keys the entry set itself (shown in the label)
 
     @property
     def label(self) -> str:
-        shown = {k: v for k, v in self.params.items() if k in ("m", "R") and v is not None}
+        shown = {k: v for k, v in self.params.items() if (k in ("m", "R") or k in self.overrides) and v is not None}
         return self.name + "".join(f" {k}={v}" for k, v in shown.items())
 
 
@@ -161,7 +163,7 @@ def method_specs(settings: dict[str, Any]) -> list[MethodSpec]:
             if params.get(key) is not None and settings.get(key) is not None:
                 params[key] = settings[key]
         params.update(entry)
-        specs.append(MethodSpec(name, params))
+        specs.append(MethodSpec(name, params, tuple(k for k in entry if k not in ("m", "R"))))
     return specs
 
 
@@ -462,8 +464,6 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     }
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run.run_dir / "table.md").write_text(summary_table(run.rows, roofline, packed))
-    from .throughput_plots import plot_all
-
     plot_all(run.rows, packed, profiles, run.run_dir, loaded.name)
     print(summary_table(run.rows, roofline, packed))
     return run.rows
@@ -519,7 +519,7 @@ def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], pa
     fractions = iter(roofline)
     for row in (r for r in rows if r["task"] == "throughput"):
         fraction = next(fractions)["fraction"]
-        label = row["method"] + "".join(f" {k}={row[k]}" for k in ("m", "R") if row.get(k) is not None)
+        label = method_label(row)
         lines.append(
             f"| {label} | {row['context_length']} | {row['batch_size']} | {row['prefill_tok_s']} | "
             f"{row['decode_tok_s']} | {row['ms_per_token_p50']} | {row['ms_per_token_p90']} | "

@@ -18,7 +18,9 @@ def _pyplot():
 
 
 def method_label(row: dict[str, Any]) -> str:
-    return row["method"] + "".join(f" {k}={row[k]}" for k in ("m", "R") if row.get(k) is not None)
+    label = row["method"] + "".join(f" {k}={row[k]}" for k in ("m", "R") if row.get(k) is not None)
+    slicing = (row.get("method_params") or {}).get("slicing")
+    return label + (f" slicing={slicing}" if slicing not in (None, "gather") else "")
 
 
 def _save(figure, folder: Path, stem: str) -> None:

@@ -68,11 +68,12 @@ def test_packing_gain_is_the_papers_measure():
 
 
 def test_method_specs_apply_run_budget_but_not_to_full():
-    specs = method_specs({"methods": ["full", "window", {"name": "adore", "R": 8}], "m": 96, "R": 0})
+    entries = ["full", "window", {"name": "adore", "R": 8}, {"name": "adore", "slicing": "matmul"}]
+    specs = method_specs({"methods": entries, "m": 96, "R": 0})
     assert [(s.name, s.params.get("m"), s.params.get("R")) for s in specs] == [
-        ("full", None, None), ("window", 96, None), ("adore", 96, 8)
+        ("full", None, None), ("window", 96, None), ("adore", 96, 8), ("adore", 96, 0)
     ]  # fmt: skip
-    assert specs[2].label == "adore m=96 R=8"
+    assert [s.label for s in specs[2:]] == ["adore m=96 R=8", "adore m=96 R=0 slicing=matmul"]
 
 
 @pytest.mark.model
