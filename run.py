@@ -93,6 +93,7 @@ def compose_first_job(argv: list[str]) -> tuple[DictConfig | None, str | None]:
     Returns the config, or the error message."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
     overrides = _overrides(argv)
@@ -108,27 +109,26 @@ def compose_first_job(argv: list[str]) -> tuple[DictConfig | None, str | None]:
                 f"cannot parse the override {text!r} ({str(error).splitlines()[0]}); see `python run.py --help`",
             )
         if override.is_sweep_override():
-            if override.is_glob():
-                continue
+            if not isinstance(override.value(), ChoiceSweep | RangeSweep):
+                continue  # glob() and interval(): Hydra expands or rejects them itself
             text = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
         first.append(text)
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="run"):
             return compose("config", overrides=first, return_hydra_config=True), None
     except MissingConfigException as error:
-        missing = error.missing_cfg_file or ""
-        group, _, name = missing.rpartition("/")
+        group, _, name = (error.missing_cfg_file or "").rpartition("/")
         options = f"; choose one of: {', '.join(error.options)}" if error.options else ""
-        what = f"{group} {name!r}" if group else repr(missing)
-        return None, f"unknown {what}{options} (files in conf/{group}/)" if group else f"missing config {what}{options}"
+        where = f" (files in conf/{group}/)" if (CONF / group).is_dir() and group else ""
+        return None, f"unknown {group or 'config'} {name!r}{options}{where}"
     except HydraException as error:
+        from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        key = (
-            lines[0].removeprefix("Could not override '").split("'")[0]
-            if lines[0].startswith("Could not override")
-            else None
-        )
-        if key is not None and any("not in struct" in line for line in lines):
+        if isinstance(error.__cause__, ConfigAttributeError | ConfigKeyError) and lines[0].startswith(
+            "Could not override"
+        ):
+            key = lines[0].split("'")[1]
             return None, f"unknown key {key!r}; `python run.py --cfg job` lists every key (a new key needs +{key}=...)"
         return None, " ".join(lines)
 
