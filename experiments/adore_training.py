@@ -1,7 +1,8 @@
 """The ``train`` task for ADORE, and finding (or training) the controller a run needs.
 
-Artifacts live in ``<adore.artifacts_dir>/adore/<model>/<dataset>/K<K>-<hash>/``, the hash covering
-the controller, label and training settings and the fine-tuning switch:
+Artifacts live in ``<adore.artifacts_dir>/adore/<model>/<dataset>/K<K>-<hash>/``, where ``<dataset>``
+is the dataset the controller is trained on (``adore.train_dataset``, by default the run's dataset)
+and the hash covers the controller, label and training settings and the fine-tuning switch:
 ``controller.pt``, ``training.json`` (losses, recall@m, timings), ``loss.png`` and, with
 ``adore.finetune=true``, ``adapter/`` (peft LoRA).
 """
@@ -27,12 +28,18 @@ from adore.method import ADORE
 from adore.training import LabelledSequence, train_controller
 
 from .data import DatasetSpec, dataset_spec, load_samples
-from .prompting import build_prompt_ids
+from .prompting import build_chat_ids, build_prompt_ids
 from .runtime import adapted_name, merge_adapter
 
 
 def controller_config(cfg: dict[str, Any]) -> ControllerConfig:
     return ControllerConfig(**cfg["adore"]["controller"])
+
+
+def training_dataset(cfg: dict[str, Any]) -> str:
+    """The dataset ADORE's controller is trained on: ``adore.train_dataset``, else the run's dataset
+    (a stream such as ``gutenberg`` has no train split; there, e.g. ``adore.train_dataset=aclsum``)."""
+    return cfg["adore"].get("train_dataset") or cfg["dataset"]["name"]
 
 
 def artifact_dir(cfg: dict[str, Any], model_name: str, K: int) -> Path:
@@ -48,31 +55,35 @@ def artifact_dir(cfg: dict[str, Any], model_name: str, K: int) -> Path:
         "lora": adore["lora"] if adore["finetune"] else None,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(adore["artifacts_dir"]) / "adore" / model_name / cfg["dataset"]["name"] / f"K{K}-{digest}"
+    return Path(adore["artifacts_dir"]) / "adore" / model_name / training_dataset(cfg) / f"K{K}-{digest}"
 
 
 def training_sequence(tokenizer, spec: DatasetSpec, sample, max_length: int) -> tuple[list[int], int]:
     """Prompt and reference as one chat (teacher forcing); returns ids and the prompt's length."""
     prompt = build_prompt_ids(tokenizer, spec, sample)
-    if getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template(
-            [
-                {"role": "user", "content": spec.prompt.format(**sample.fields)},
-                {"role": "assistant", "content": sample.reference},
-            ],
-            tokenize=True,
-        )
-        ids = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-    else:
-        ids = prompt + tokenizer(" " + sample.reference)["input_ids"]
+    ids = build_chat_ids(tokenizer, spec, sample)
     return ids[:max_length], min(len(prompt), max_length)
 
 
+def check_trainable(cfg: dict[str, Any]) -> None:
+    """One line, before any model is loaded, when the training dataset has no train/val split."""
+    name = training_dataset(cfg)
+    spec = dataset_spec(name)
+    if spec.task != "generate" or "split" not in inspect.signature(spec.loader).parameters:
+        raise ConfigError(
+            f"ADORE's controller needs a dataset with a train split and dataset {name!r} has none; "
+            f"set adore.train_dataset=aclsum (or sharegpt, gsm8k) to use that dataset's controller"
+        )
+
+
 def _split(cfg: dict[str, Any], split: str, limit: int) -> list:
-    name = cfg["dataset"]["name"]
-    if "split" not in inspect.signature(dataset_spec(name).loader).parameters:
-        raise ConfigError(f"dataset {name!r} has no {split!r} split to train ADORE on; train on e.g. dataset=aclsum")
-    options = {k: v for k, v in cfg["dataset"].items() if k not in ("name", "limit", "task", "split") and v is not None}
+    check_trainable(cfg)
+    name = training_dataset(cfg)
+    options = {}
+    if name == cfg["dataset"]["name"]:  # the run's dataset options; another dataset loads with its defaults
+        options = {
+            k: v for k, v in cfg["dataset"].items() if k not in ("name", "limit", "task", "split") and v is not None
+        }
     return load_samples(name, limit, split=split, **options)
 
 
@@ -110,7 +121,7 @@ def _plot_losses(step_losses: list[float], path: Path, title: str) -> None:
 def train_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> Path:
     """Fine-tune (optional) and train the controller; returns the artifact folder."""
     adore, train = cfg["adore"], cfg["adore"]["train"]
-    spec = dataset_spec(cfg["dataset"]["name"])
+    spec = dataset_spec(training_dataset(cfg))
     out = artifact_dir(cfg, loaded.name, policy.K)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -160,16 +171,21 @@ def load_controller(folder: Path) -> ImportanceController:
 
 
 def check_controller_available(cfg: dict[str, Any], policy: ADORE) -> None:
-    """Fail before loading the model when no controller exists and training is disabled."""
+    """Fail before loading the model when no controller exists and training is disabled, or when
+    one would be trained on a dataset without a train split."""
     model = cfg["model"]
-    if policy.scorer == "oracle" or cfg["adore"]["train_if_missing"] or model.get("adapter"):
+    if policy.scorer == "oracle" or model.get("adapter"):
         return  # with an adapter the model's name (and so the folder) is only known after loading
     name = model.get("name") or Path(model["path"]).name
     folder = artifact_dir(cfg, name, policy.K)
-    if not (folder / "controller.pt").is_file():
+    if (folder / "controller.pt").is_file():
+        return
+    if cfg["adore"]["train_if_missing"]:
+        check_trainable(cfg)
+    else:
         raise ConfigError(
             f"no ADORE controller at {folder}; run `python run.py task=train method=adore "
-            f"dataset={cfg['dataset']['name']}` or set adore.train_if_missing=true"
+            f"dataset={training_dataset(cfg)}` or set adore.train_if_missing=true"
         )
 
 
@@ -183,7 +199,7 @@ def prepare_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> No
         if not cfg["adore"]["train_if_missing"]:
             raise ConfigError(
                 f"no ADORE controller at {folder}; run `python run.py task=train method=adore "
-                f"dataset={cfg['dataset']['name']}` or set adore.train_if_missing=true"
+                f"dataset={training_dataset(cfg)}` or set adore.train_if_missing=true"
             )
         print(f"no controller for this configuration yet: training one into {folder}")
         train_adore(cfg, loaded, policy)

