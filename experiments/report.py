@@ -262,14 +262,23 @@ def _variant_labels(rows, axis: tuple[str, ...]) -> dict[Any, str]:
     return labels
 
 
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _series(labels: dict[Any, str], rows) -> list[str]:
+    """Each label once, in the legend's order: by method (as in METHOD_COLORS), then naturally (R=2 < R=10)."""
+    rank = {method: i for i, method in enumerate(METHOD_COLORS)}
+    methods = {labels[i]: rows.at[i, "method"] for i in rows.index}
+    return sorted(methods, key=lambda label: (rank.get(methods[label], len(rank)), _natural(label)))
+
+
 def _styles(labels: dict[Any, str], rows) -> dict[str, dict[str, Any]]:
     """Colour by method; marker and line style by variant within the method."""
     styles: dict[str, dict[str, Any]] = {}
     seen: dict[str, int] = {}
-    for index in rows.index:
-        label, method = labels[index], rows.at[index, "method"]
-        if label in styles:
-            continue
+    for label in _series(labels, rows):
+        method = next(rows.at[i, "method"] for i in rows.index if labels[i] == label)
         i = seen[method] = seen.get(method, -1) + 1
         styles[label] = {"color": METHOD_COLORS.get(method), "marker": _MARKERS[i % len(_MARKERS)],
                          "linestyle": _STYLES[i % len(_STYLES)]}  # fmt: skip
@@ -320,7 +329,7 @@ def quality_vs_m(frame, dataset: str, model: str):
     styles = _styles(labels, rows)
     figure, axes = _new_figure(len(metrics), len(set(labels.values())))
     for axis, metric in zip(axes, metrics, strict=True):
-        for label in dict.fromkeys(labels[i] for i in budgeted.index):
+        for label in _series(labels, budgeted):
             points = budgeted[[labels[i] == label for i in budgeted.index]].sort_values("m")
             points = points[points[metric].notna()]
             if not points.empty:
@@ -350,7 +359,7 @@ def adore_vs_R(frame, dataset: str, model: str):
     styles = _styles(labels, rows)
     figure, axes = _new_figure(len(metrics), len(set(labels.values())))
     for axis, metric in zip(axes, metrics, strict=True):
-        for label in dict.fromkeys(labels.values()):
+        for label in _series(labels, rows):
             points = rows[[labels[i] == label for i in rows.index]].sort_values("R")
             points = points[points[metric].notna()]
             if not points.empty:
@@ -389,7 +398,7 @@ def stream_perplexity(frame, dataset: str, model: str, results_dir: str | Path):
     labels = _variant_labels(rows, axis=())
     styles = _styles(labels, rows)
     figure, (axis,) = _new_figure(1, len(curves), width=6.4, height=3.8)
-    for index, windows in curves:
+    for index, windows in sorted(curves, key=lambda curve: _series(labels, rows).index(labels[curve[0]])):
         label = labels[index]
         axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows],
                   label=label, **styles[label])  # fmt: skip
@@ -414,7 +423,7 @@ def throughput_vs_context(frame, dataset: str, model: str):
     figure, axes = _new_figure(len(batches), len(set(labels.values())))
     for axis, batch in zip(axes, batches, strict=True):
         panel = rows if batch is None else rows[rows["batch_size"] == batch]
-        for label in dict.fromkeys(labels[i] for i in panel.index):
+        for label in _series(labels, panel):
             points = panel[[labels[i] == label for i in panel.index]].sort_values("context_length")
             axis.plot(points["context_length"], points["decode_tok_s"], label=label, **styles[label])
         _log2_axis(axis, rows["context_length"])

@@ -1,0 +1,166 @@
+"""The report: tables and figures from a fixture results file (a corrupt line included), rows merged
+from several machines, missing data, and the notebook that regenerates the figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.report import build_figures, load_frame, merged_rows, run_report
+from experiments.results import append_row, make_row
+from tests.conftest import ROOT
+
+MODEL = "smollm2-135m"
+FIGURES = (
+    f"quality_vs_m_aclsum_{MODEL}",
+    f"quality_vs_m_gsm8k_{MODEL}",
+    f"adore_vs_R_aclsum_{MODEL}",
+    f"stream_perplexity_gutenberg_{MODEL}",
+    f"throughput_vs_context_aclsum_{MODEL}",
+)
+
+
+def generate_row(method: str, m: int | None, rouge: float, R: int | None = None, dataset: str = "aclsum", **extra):
+    params = {"m": m} if R is None else {"m": m, "R": R, "K": 32}
+    return make_row(
+        run_id=f"{method}-{m}-{R}-{dataset}-{rouge}", timestamp=extra.pop("timestamp", "2026-11-28T10:00:00+0000"),
+        task="generate", method=method, method_params=params, m=m, R=R, dataset=dataset, n_samples=4, model=MODEL,
+        rougeL=rouge, bertscore_f1=rouge + 30, bleu=rouge / 4, decode_tok_s=20.0 + rouge / 10, kv_cache_mb=m or 80.0,
+        **extra,
+    )  # fmt: skip
+
+
+def write_fixture(results_dir: Path) -> None:
+    """Generate rows (three methods at two budgets, full, ADORE at two R), an older duplicate, a math
+    dataset with accuracy, two stream runs with their windows.json, throughput rows, a corrupt line."""
+    rows = [generate_row("h2o", 64, 11.0, timestamp="2026-11-28T09:00:00+0000")]  # replaced below
+    for m in (32, 64):
+        rows += [generate_row("window", m, 10.0 + m / 16), generate_row("h2o", m, 12.0 + m / 16)]
+        rows.append(generate_row("adore", m, 13.0 + m / 16, R=4))
+    rows += [generate_row("adore", 64, 15.5, R=0), generate_row("full", None, 20.0)]
+    rows += [generate_row("window", m, 5.0, dataset="gsm8k", accuracy=float(m) / 8) for m in (32, 64)]
+    for method, m, ppl in (("window", 64, 60.0), ("streaming_llm", 64, 25.0)):
+        run_dir = results_dir / "runs" / f"stream-{method}"
+        run_dir.mkdir(parents=True)
+        windows = [{"start": s, "tokens": 16, "perplexity": ppl + s / 16} for s in range(0, 64, 16)]
+        (run_dir / "windows.json").write_text(json.dumps(windows))
+        rows.append(make_row(run_id=f"stream-{method}", task="stream", method=method, method_params={"m": m}, m=m,
+                             dataset="gutenberg", n_samples=1, model=MODEL, perplexity=ppl, run_dir=str(run_dir)))  # fmt: skip
+    for method in ("full", "window"):
+        for context in (512, 1024):
+            for batch in (1, 4):
+                rows.append(make_row(
+                    run_id=f"tp-{method}-{context}-{batch}", task="throughput", method=method,
+                    method_params={"m": 128 if method == "window" else None}, m=128 if method == "window" else None,
+                    dataset="aclsum", n_samples=batch, model=MODEL, decode_tok_s=1000.0 / context * batch,
+                    context_length=context, batch_size=batch,
+                ))  # fmt: skip
+    for i, row in enumerate(rows):
+        append_row(results_dir, row)
+        if i == 3:
+            with (results_dir / "runs.jsonl").open("a") as handle:
+                handle.write('{"run_id": "broken", "method": \n')  # line 5
+
+
+def test_report_writes_tables_and_figures_and_skips_a_corrupt_line(tmp_path):
+    write_fixture(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "task=report", f"results_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "runs.jsonl line 5 is not valid JSON" in warnings[0] and "skipped" in warnings[0]
+    assert "Traceback" not in result.stderr
+
+    tables = tmp_path / "tables"
+    for stem in ("generate_aclsum", "generate_gsm8k", "stream_gutenberg", "throughput_aclsum"):
+        for suffix in (".md", ".tex", ".csv"):
+            assert (tables / f"{stem}{suffix}").stat().st_size > 0, f"{stem}{suffix}"
+    csv = pd.read_csv(tables / "generate_aclsum.csv")
+    assert list(csv.columns[:6]) == ["method", "model", "m", "R", "params", "n_samples"]
+    assert "accuracy" not in csv.columns  # no aclsum row has one
+    h2o = csv[(csv["method"] == "h2o") & (csv["m"] == 64)]
+    assert h2o["rougeL"].tolist() == [16.0]  # the newest row of the configuration, not the 11.0 before it
+    assert csv.loc[(csv["method"] == "adore") & (csv["m"] == 64) & (csv["R"] == 0), "bertscore_f1"].item() == 45.5
+    assert csv["method"].tolist()[-1] == "full" and pd.isna(csv["m"].iloc[-1])  # full-cache methods last
+    assert pd.read_csv(tables / "generate_gsm8k.csv")["accuracy"].tolist() == [4.0, 8.0]
+    assert pd.read_csv(tables / "stream_gutenberg.csv")["perplexity"].tolist() == [25.0, 60.0]
+    assert len(pd.read_csv(tables / "throughput_aclsum.csv")) == 8
+    markdown = (tables / "generate_aclsum.md").read_text().splitlines()
+    assert markdown[0].startswith("| method | model | m | R | other parameters | n | ROUGE-L | BERTScore-F1 |")
+    assert "| h2o | smollm2-135m | 64 | - | - | 4 | 16.00 | 46.00 |" in "\n".join(markdown)
+    latex = (tables / "generate_aclsum.tex").read_text()
+    assert "\\begin{tabular}{llllllrrrrr}" in latex and "\\toprule" in latex and "kv\\_compression" not in latex
+    assert "h2o & smollm2-135m & 64 & - & - & 4 & 16.00 & 46.00" in latex
+
+    for stem in FIGURES:
+        for suffix in (".png", ".pdf"):
+            assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000, f"{stem}{suffix}"
+    assert (tmp_path / "table.md").read_text().count("\n") == 2 + 10  # header, rule, ten generate rows
+    assert "skipped" not in result.stdout
+
+
+def test_figures_are_titled_labelled_and_skipped_without_data(tmp_path):
+    write_fixture(tmp_path)
+    figures, skipped = build_figures(load_frame(tmp_path), tmp_path)
+    assert set(figures) == set(FIGURES) and skipped == []
+    quality = figures[f"quality_vs_m_aclsum_{MODEL}"]
+    assert quality.texts[0].get_text() == f"Quality against cache budget: {MODEL} on aclsum, n=4"
+    assert [axis.get_xlabel() for axis in quality.axes] == ["cache budget m (tokens)"] * 2
+    assert [axis.get_ylabel() for axis in quality.axes] == ["ROUGE-L F1 (0-100)", "BERTScore-F1 (0-100)"]
+    legend = [text.get_text() for text in quality.legends[0].get_texts()]
+    assert legend == ["window", "h2o", "adore R=0", "adore R=4", "full (no eviction)"]
+    assert len(figures[f"quality_vs_m_gsm8k_{MODEL}"].axes) == 3  # accuracy too
+    throughput = figures[f"throughput_vs_context_aclsum_{MODEL}"]
+    assert [axis.get_title() for axis in throughput.axes] == ["batch size 1", "batch size 4"]
+    assert throughput.axes[0].get_xlabel() == "context length (tokens)"
+
+    only_full = tmp_path / "only_full"
+    append_row(only_full, generate_row("full", None, 20.0))
+    figures, skipped = build_figures(load_frame(only_full), only_full)
+    assert figures == {} and len(skipped) == 4
+    assert skipped[0].startswith("figure quality_vs_m skipped: needs generate rows at a cache budget m")
+
+
+def test_report_without_rows_says_what_to_run(tmp_path, capsys):
+    assert "no rows in" in run_report({"results_dir": str(tmp_path)})
+    assert not (tmp_path / "tables").exists()
+
+
+def test_rows_merged_from_many_nodes_count_once_and_latest_wins(tmp_path):
+    old = generate_row("h2o", 64, 1.0, timestamp="2026-11-28T08:00:00+0000")
+    new = generate_row("h2o", 64, 2.0, timestamp="2026-11-28T08:15:00+0100")  # 07:15 UTC: the oldest
+    newer = generate_row("h2o", 64, 3.0, timestamp="2026-11-28T08:30:00+0000")
+    # Node B's file (with the newest row) first, then node A's file twice: order in the file is not time.
+    lines = [json.dumps(r) for r in (newer, old, new, old, new)]
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    rows = merged_rows(tmp_path)
+    assert [r["rougeL"] for r in rows] == [2.0, 1.0, 3.0]  # by time: 07:00Z, 08:00Z, 08:30Z
+    frame = load_frame(tmp_path)
+    assert frame["rougeL"].tolist() == [3.0]
+
+
+def test_notebook_regenerates_the_figures(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    write_fixture(tmp_path)
+    monkeypatch.setenv("ADORE_RESULTS_DIR", str(tmp_path))
+    notebook = nbformat.read(ROOT / "notebooks" / "paper_figures.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    NotebookClient(notebook, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()  # fmt: skip
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == len(FIGURES)
+    for stem in FIGURES:
+        assert (tmp_path / "figures" / f"{stem}.pdf").is_file()
+    assert (tmp_path / "tables" / "generate_aclsum.tex").is_file()
