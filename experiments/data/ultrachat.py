@@ -22,7 +22,8 @@ FILE_HINT = "ultrachat-format .json/.jsonl/.parquet (columns prompt_id, messages
 def load_ultrachat(
     split: str = "test", max_prompt_chars: int | None = 4000, path: str | None = None, hub_id: str = HUB_ID
 ) -> list[Sample]:
-    rows = hub_rows("ultrachat", hub_id, HUB_SPLITS.get(split, split), path, "sharegpt", FILE_HINT)
+    # streaming: only the chosen split is read (the dataset's other splits are over 1 GB)
+    rows = hub_rows("ultrachat", hub_id, HUB_SPLITS.get(split, split), path, "sharegpt", FILE_HINT, streaming=True)
     samples = []
     for index, row in enumerate(rows):
         check_columns("ultrachat", row, ("messages",), FILE_HINT)
