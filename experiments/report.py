@@ -7,6 +7,8 @@ then writes::
 
     <results_dir>/table.md                                  every generate row in one table (also printed)
     <results_dir>/tables/<task>_<dataset>.md | .tex | .csv  method by metric at each m, per task and dataset
+    <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
+                                                           streaming figure's data, kept with the tables)
     <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
         quality_vs_m           ROUGE-L, BERTScore-F1 (and accuracy) against the budget m, a line per method
         adore_vs_R             ADORE's quality and decode tok/s against the rebuild count R, a line per m
@@ -205,9 +207,14 @@ def _display(table):
     return table.rename(columns=TITLES).astype(object).map(_text)
 
 
-def write_tables(frame, out_dir: str | Path) -> list[Path]:
-    """``<task>_<dataset>.md``, ``.tex`` and ``.csv`` for every task and dataset with rows."""
+def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = None) -> list[Path]:
+    """``<task>_<dataset>.md``, ``.tex`` and ``.csv`` for every task and dataset with rows, and
+    ``stream_windows_<dataset>.csv``: the per-window perplexities of the stream runs, which the
+    streaming figure falls back to where the run folders are gone."""
+    import pandas as pd
+
     out = Path(out_dir)
+    results_dir = out.parent if results_dir is None else Path(results_dir)
     written: list[Path] = []
     if frame.empty:
         return written
@@ -232,6 +239,15 @@ def write_tables(frame, out_dir: str | Path) -> list[Path]:
         )
         stem.with_suffix(".tex").write_text(latex)
         written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
+    for dataset, rows in frame[frame["task"] == "stream"].groupby("dataset", sort=True):
+        curves = [(row, _windows(row, results_dir)) for _, row in rows.iterrows()]
+        records = [{**{k: row[k] for k in ("run_id", "method", "model", "m", "params")}, **window}
+                   for row, windows in curves for window in windows or []]  # fmt: skip
+        if records:
+            path = _windows_table(results_dir, dataset)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(records).to_csv(path, index=False)
+            written.append(path)
     return written
 
 
@@ -372,9 +388,14 @@ def adore_vs_R(frame, dataset: str, model: str):
     return figure
 
 
+def _windows_table(results_dir: Path, dataset: Any) -> Path:
+    return results_dir / "tables" / f"stream_windows_{_slug(dataset)}.csv"
+
+
 def _windows(row, results_dir: Path) -> list[dict[str, float]] | None:
     """A stream run's per-window perplexities: ``<run_dir>/windows.json``, else the same run under
-    ``<results_dir>/runs/`` (results moved or merged from another machine)."""
+    ``<results_dir>/runs/`` (results moved or merged from another machine), else the copy the
+    report keeps in ``tables/stream_windows_<dataset>.csv`` (run folders are not committed)."""
     run_dir = row.get("run_dir")
     candidates = [Path(run_dir) / "windows.json"] if isinstance(run_dir, str) and run_dir else []
     candidates.append(results_dir / "runs" / str(row.get("run_id")) / "windows.json")
@@ -384,6 +405,14 @@ def _windows(row, results_dir: Path) -> list[dict[str, float]] | None:
                 return json.loads(path.read_text())
             except json.JSONDecodeError:
                 return None
+    table = _windows_table(results_dir, row.get("dataset"))
+    if table.is_file():
+        import pandas as pd
+
+        saved = pd.read_csv(table)
+        mine = saved[saved["run_id"] == row.get("run_id")]
+        if not mine.empty:
+            return mine[["start", "tokens", "perplexity"]].to_dict("records")
     return None
 
 
@@ -500,7 +529,7 @@ def run_report(cfg: dict[str, Any]) -> str:
     else:
         table = f"no generation rows in {results_dir / RUNS_FILE}; tables per task in {results_dir / 'tables'}"
     print(table)
-    tables = write_tables(frame, results_dir / "tables")
+    tables = write_tables(frame, results_dir / "tables", results_dir)
     figures, skipped = build_figures(frame, results_dir)
     saved = save_figures(figures, results_dir / "figures")
     print(

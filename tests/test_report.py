@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,13 @@ def test_report_writes_tables_and_figures_and_skips_a_corrupt_line(tmp_path):
             assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000, f"{stem}{suffix}"
     assert (tmp_path / "table.md").read_text().count("\n") == 2 + 10  # header, rule, ten generate rows
     assert "skipped" not in result.stdout
+
+    # A fresh clone has the tables but not the run folders: the streaming figure uses the tables' copy.
+    windows = pd.read_csv(tables / "stream_windows_gutenberg.csv")
+    assert windows.groupby("method")["perplexity"].first().to_dict() == {"streaming_llm": 25.0, "window": 60.0}
+    shutil.rmtree(tmp_path / "runs")
+    figures, skipped = build_figures(load_frame(tmp_path), tmp_path)
+    assert f"stream_perplexity_gutenberg_{MODEL}" in figures and skipped == []
 
 
 def test_figures_are_titled_labelled_and_skipped_without_data(tmp_path):
