@@ -395,3 +395,12 @@ def test_config_hash_unchanged_by_the_train_dataset_default():
     old = {**cfg, "adore": {k: v for k, v in cfg["adore"].items() if k != "train_dataset"}}
     assert config_hash(cfg) == config_hash(old)
     assert config_hash(adore_cfg("aclsum", "sharegpt")) != config_hash(old)
+
+
+def test_accuracy_is_an_optional_row_key():
+    from experiments.results import ROW_KEYS, make_row
+
+    assert tuple(make_row(rougeL=1.0)) == ROW_KEYS  # rows without it are unchanged
+    assert list(make_row(accuracy=50.0))[-1] == "accuracy" and make_row(accuracy=50.0)["accuracy"] == 50.0
+    with pytest.raises(KeyError, match="not result-row keys"):
+        make_row(exact_match=1.0)
