@@ -13,7 +13,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 results_dir=results/demo
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval throughput
+.PHONY: setup demo test lint format adore-eval throughput paper paper-small
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -49,6 +49,19 @@ THROUGHPUT_DIR := results/throughput
 throughput: setup
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' results_dir=$(THROUGHPUT_DIR)
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,{name:adore,R:0}]' 'task.context_lengths=[4096]' 'task.batch_sizes=[8]' task.packing.kv_budget_mb=null task.profile.context_length=null results_dir=$(THROUGHPUT_DIR)
+
+# Reference results: every method on every offline dataset (+experiment=paper: the generate datasets;
+# +experiment=paper_stream: gutenberg and StreamEval), then tables and figures in results/tables and
+# results/figures. Resumable: after an interruption, run it again and only the missing runs start.
+paper: setup
+	$(PY) run.py -m +experiment=paper
+	$(PY) run.py -m +experiment=paper_stream
+	$(PY) run.py task=report
+
+# The pipeline in small (~4 min, ~7 with ADORE's training): ACLSum, 4 papers, every method at m=32, 64, 128.
+paper-small: setup
+	$(PY) run.py -m +experiment=paper_small results_dir=results/paper_small
+	$(PY) run.py task=report results_dir=results/paper_small
 
 test: setup lint
 	$(PY) -m pytest -q tests

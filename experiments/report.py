@@ -468,7 +468,7 @@ def throughput_vs_context(frame, dataset: str, model: str):
 NEEDS = {
     "quality_vs_m": "generate rows at a cache budget m (e.g. python run.py -m +experiment=sweep_m)",
     "adore_vs_R": "ADORE generate rows at two or more R (python run.py -m +experiment=sweep_R)",
-    "stream_perplexity": "stream rows with their run folder's windows.json (python run.py task=stream ...)",
+    "stream_perplexity": "stream rows with their windows.json (python run.py -m +experiment=paper_stream)",
     "throughput_vs_context": "task=throughput rows (python run.py task=throughput)",
 }
 
