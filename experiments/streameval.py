@@ -124,7 +124,7 @@ def plot_accuracy(records: list[dict[str, Any]], bins: list[dict[str, Any]], pat
     axis.plot([(b["start"] + b["end"]) / 2 for b in bins], [b["accuracy"] for b in bins], marker="o",
               label="accuracy per bin")  # fmt: skip
     axis.set(xlabel="stream length at the query (tokens)", ylabel="accuracy (%)", title=title, ylim=(-5, 105))
-    axis.legend(loc="lower left", fontsize=8)
+    axis.legend(loc="center right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
