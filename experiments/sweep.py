@@ -61,7 +61,9 @@ def _describe(config: dict[str, Any]) -> str:
         return f"parity (engine full against hf_generate) on {dataset}"
     params = " ".join(f"{k}={v}" for k, v in config["method"].items() if k != "name" and v is not None)
     return (
-        f"{config['method']['name']} {params}".strip() + f" on {dataset}" + (f" ({task})" if task != "generate" else "")
+        f"{config['method']['name']} {params}".strip()
+        + f" on {dataset}"
+        + (f" ({task})" if task not in ("generate", dataset) else "")
     )
 
 
