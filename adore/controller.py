@@ -67,6 +67,9 @@ class ImportanceController(nn.Module):
         self.project = nn.Linear(embed_dim, width)
         self.gru = nn.GRU(width, width, batch_first=True)
         self.position = nn.Embedding(config.max_positions, width)
+        # Positions at or beyond the longest training sequence share its last trained embedding: rows
+        # past it were never trained and would score tokens at random (set by train_controller).
+        self.register_buffer("trained_positions", torch.tensor(config.max_positions))
         self.token_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
         if config.scorer == "query_aware":
             self.query = nn.Linear(width, width, bias=False)
@@ -88,7 +91,7 @@ class ImportanceController(nn.Module):
             ``u [B, T, W]`` (GRU output plus position embedding) and the new state ``[1, B, W]``.
         """
         z, state = self.gru(self.project(embeddings.to(self.project.weight.dtype)), state)
-        return z + self.position(positions.clamp(max=self.config.max_positions - 1)), state
+        return z + self.position(torch.minimum(positions, self.trained_positions - 1)), state
 
     def token_terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token terms, computed once per token: ``MLP(u) [B, T]`` and key ``[B, T, W]`` (or None)."""

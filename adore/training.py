@@ -123,6 +123,7 @@ def train_controller(
         result.losses.append(sum(epoch) / max(len(epoch), 1))
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
     bar.close()
+    controller.trained_positions.fill_(min(max(s.length for s in train), config.max_positions))
     controller.eval()
     if held_out:
         result.recall, result.chance_recall = recall_at_m(controller, held_out, m, K)

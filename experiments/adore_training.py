@@ -162,9 +162,13 @@ def train_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> Path
     return out
 
 
-def load_controller(folder: Path) -> ImportanceController:
+def load_controller(folder: Path, trained_positions: int | None = None) -> ImportanceController:
+    """Load a checkpoint; ``trained_positions`` (the training ``max_length``) completes checkpoints
+    written before the controller recorded it."""
     checkpoint = torch.load(folder / "controller.pt", map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
+    if "trained_positions" not in state:
+        state["trained_positions"] = torch.tensor(trained_positions or checkpoint["config"]["max_positions"])
     controller = ImportanceController(state["project.weight"].shape[1], ControllerConfig(**checkpoint["config"]))
     controller.load_state_dict(state)
     return controller.eval()
@@ -208,7 +212,7 @@ def prepare_adore(cfg: dict[str, Any], loaded: LoadedModel, policy: ADORE) -> No
             loaded.model = merge_adapter(loaded.model, str(folder / "adapter"))
             loaded.model._adore_adapter_merged = True
         loaded.name = adapted_name(loaded.name, str(folder / "adapter"))
-    controller = load_controller(folder).to(loaded.device)
+    controller = load_controller(folder, cfg["adore"]["train"]["max_length"]).to(loaded.device)
     policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
     policy.training = {"labels_horizon": cfg["adore"]["labels"].get("horizon", 1), "finetune": cfg["adore"]["finetune"]}
 

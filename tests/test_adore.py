@@ -149,6 +149,17 @@ def test_controller_learns_a_synthetic_importance_pattern():
     result = train_controller(train, held_out, ControllerConfig(width=32), K=4, m=8, epochs=6, lr=1e-2, progress=False)
     assert result.losses[-1] < result.losses[0]
     assert result.recall > 0.9 and result.recall > 3 * result.chance_recall
+    assert int(result.controller.trained_positions) == 48  # the longest training sequence
+
+
+def test_positions_beyond_training_share_the_last_trained_embedding():
+    controller = ImportanceController(24, ControllerConfig(width=16)).eval()
+    controller.trained_positions.fill_(8)
+    embeddings = torch.randn(1, 3, 24)
+    beyond, _ = controller.encode(embeddings, torch.tensor([[7, 50, 900]]))
+    last, _ = controller.encode(embeddings, torch.tensor([[7, 7, 7]]))
+    inside, _ = controller.encode(embeddings, torch.tensor([[6, 6, 6]]))
+    assert torch.equal(beyond, last) and not torch.equal(inside, last)
 
 
 def test_labels_are_the_topk_of_mean_attention_over_layers_and_heads():
