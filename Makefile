@@ -47,7 +47,7 @@ adore-eval: setup
 # batch 1 over context 512..8192 with packing and the step profile; then batch 8 at context 4096.
 THROUGHPUT_DIR := results/throughput
 throughput: setup
-	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' results_dir=$(THROUGHPUT_DIR)
+	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' task.packing.kv_budget_mb=96 task.packing.max_batch=16 'task.packing.methods=[full,adore]' 'task.profile.methods=[window,adore]' results_dir=$(THROUGHPUT_DIR)
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,{name:adore,R:0}]' 'task.context_lengths=[4096]' 'task.batch_sizes=[8]' task.packing.kv_budget_mb=null task.profile.context_length=null results_dir=$(THROUGHPUT_DIR)
 
 # Reference results: every method on every offline dataset (+experiment=paper: the generate datasets;
