@@ -49,6 +49,7 @@ TITLES = {
 AXIS_LABELS = {
     "rougeL": "ROUGE-L F1 (0-100)", "bertscore_f1": "BERTScore-F1 (0-100)", "bleu": "BLEU (0-100)",
     "accuracy": "accuracy (%)", "decode_tok_s": "decode throughput (tokens/s)",
+    "peak_mem_mb": "peak memory (MB; RSS on CPU, allocated on CUDA)", "kv_cache_mb": "KV cache (MB)",
 }  # fmt: skip
 IDENTITY = ("method", "model", "m", "R", "params", "n_samples")
 QUALITY = ("rougeL", "bertscore_f1", "accuracy")
@@ -439,11 +440,14 @@ def stream_perplexity(frame, dataset: str, model: str, results_dir: str | Path):
     return figure
 
 
-def throughput_vs_context(frame, dataset: str, model: str):
-    """Decode tokens/s against context length, a line per method, a panel per batch size
-    (``task=throughput`` rows). ``None`` without such rows."""
+def against_context(frame, dataset: str, model: str, value: str = "decode_tok_s", methods: set[str] | None = None,
+                    title: str = "Decode throughput"):  # fmt: skip
+    """``value`` against context length, a line per method, a panel per batch size (``task=throughput``
+    rows; ``methods`` keeps only those). ``None`` without such rows."""
     rows = frame[(frame["task"] == "throughput") & (frame["dataset"] == dataset) & (frame["model"] == model)
-                 & frame["context_length"].notna() & frame["decode_tok_s"].notna()]  # fmt: skip
+                 & frame["context_length"].notna() & frame[value].notna()]  # fmt: skip
+    if methods is not None:
+        rows = rows[rows["method"].isin(methods)]
     if rows.empty:
         return None
     labels = _variant_labels(rows, axis=("context_length", "batch_size"))
@@ -454,14 +458,19 @@ def throughput_vs_context(frame, dataset: str, model: str):
         panel = rows if batch is None else rows[rows["batch_size"] == batch]
         for label in _series(labels, panel):
             points = panel[[labels[i] == label for i in panel.index]].sort_values("context_length")
-            axis.plot(points["context_length"], points["decode_tok_s"], label=label, **styles[label])
+            axis.plot(points["context_length"], points[value], label=label, **styles[label])
         _log2_axis(axis, rows["context_length"])
-        axis.set(xlabel="context length (tokens)", ylabel=AXIS_LABELS["decode_tok_s"],
+        axis.set(xlabel="context length (tokens)", ylabel=AXIS_LABELS[value],
                  title=f"batch size {batch}" if batch is not None else None)  # fmt: skip
         axis.grid(alpha=0.3)
-    figure.suptitle(f"Decode throughput against context length: {model} on {dataset}")
+    figure.suptitle(f"{title} against context length: {model} on {dataset}")
     _legend(figure, axes)
     return figure
+
+
+def throughput_vs_context(frame, dataset: str, model: str):
+    """Decode tokens/s against context length (see :func:`against_context`)."""
+    return against_context(frame, dataset, model)
 
 
 # What each figure needs, said when none could be drawn.

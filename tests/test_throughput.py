@@ -16,6 +16,7 @@ from experiments.throughput import (
     largest_batch,
     method_specs,
     packing_gain,
+    packing_gains,
     roofline_tok_s,
     weight_bytes,
 )
@@ -65,6 +66,16 @@ def test_packing_picks_the_largest_batch_that_fits(budget, per_sequence, max_bat
 def test_packing_gain_is_the_papers_measure():
     assert packing_gain(32.18, 10.0) == pytest.approx(221.8)
     assert packing_gain(10.0, 10.0) == 0.0
+    entries = [
+        {"name": "full", "method": "full", "decode_tok_s": 10.0},
+        {"name": "adore", "method": "adore m=128 R=0", "decode_tok_s": 32.18},
+        {"name": "adore", "method": "adore m=128 R=8", "decode_tok_s": 20.0},
+        {"name": "adore", "method": "adore m=128 R=16", "batch_size": 0},  # did not fit: no speed
+    ]
+    gains = packing_gains(entries)
+    assert list(gains) == ["adore m=128 R=0", "adore m=128 R=8"]
+    assert gains["adore m=128 R=0"] == pytest.approx(221.8) and gains["adore m=128 R=8"] == pytest.approx(100.0)
+    assert packing_gains(entries[1:]) == {}  # no full to compare with
 
 
 def test_method_specs_apply_run_budget_but_not_to_full():
@@ -80,7 +91,7 @@ def test_method_specs_apply_run_budget_but_not_to_full():
 def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from experiments.throughput import run_throughput
+    from experiments.throughput import refresh, run_throughput
     from tests.conftest import ROOT
 
     overrides = [
@@ -121,3 +132,7 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     folder = next(tmp_path.glob("runs/*"))
     for figure in ("tok_s_vs_context.png", "memory_vs_context.pdf", "packing.png", "step_profile.png"):
         assert (folder / figure).is_file(), figure
+        (folder / figure).unlink()
+    table = (folder / "table.md").read_text()
+    assert refresh(folder) == table  # rebuilt from the rows and summary.json alone
+    assert (folder / "packing.png").is_file() and (folder / "tok_s_vs_context.png").is_file()
