@@ -539,9 +539,27 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
+    """Markdown: ``key`` by method (rows) and context length (columns), one table per batch size."""
+    grid = [row for row in rows if row["task"] == "throughput"]
+    out = []
+    for batch in sorted({row["batch_size"] for row in grid}):
+        cells: dict[str, dict[int, Any]] = {}
+        for row in (r for r in grid if r["batch_size"] == batch):
+            cells.setdefault(method_label(row), {})[row["context_length"]] = row[key]
+        contexts = sorted({c for values in cells.values() for c in values})
+        out += [f"| batch {batch}: {key} | " + " | ".join(map(str, contexts)) + " |",
+                "|---" * (len(contexts) + 1) + "|"]  # fmt: skip
+        out += [f"| {label} | " + " | ".join(str(values.get(c, "-")) for c in contexts) + " |"
+                for label, values in cells.items()]  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
 def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], packed: dict[str, Any] | None) -> str:
-    """Markdown: tokens/s, memory and roofline fraction by method, context and batch; then packing."""
-    lines = ["| method | context | batch | prefill tok/s | decode tok/s | p50 ms | p90 ms | peak MB | KV MB | roofline |",
+    """Markdown: decode tokens/s by method and context; then tokens/s, memory and roofline fraction by
+    method, context and batch; then packing."""
+    lines = [speed_grid(rows), "| method | context | batch | prefill tok/s | decode tok/s | p50 ms | p90 ms | peak MB | KV MB | roofline |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     fractions = iter(roofline)
     for row in (r for r in rows if r["task"] == "throughput"):
