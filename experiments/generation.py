@@ -11,7 +11,7 @@ from tqdm import tqdm
 from adore import DecodingEngine
 from adore.errors import ConfigError
 
-from .data import dataset_spec, load_samples
+from .data import load_samples
 from .metrics import (
     bertscore_f1,
     corpus_bleu,
@@ -23,7 +23,7 @@ from .metrics import (
 )
 from .prompting import build_prompt_ids
 from .results import clean_number
-from .runtime import PeakMemory, Run, check_policy_ready, model_from_config, policy_from_config, prepare_policy
+from .runtime import PeakMemory, load_for, start_task
 
 
 def dataset_options(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -37,15 +37,9 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"max_new_tokens must be positive, got {cfg['max_new_tokens']}")
     if cfg["batch_size"] <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg['batch_size']}")
-    run = Run(cfg, task="generate")
-    policy = policy_from_config(cfg["method"], cfg)
-    spec = dataset_spec(cfg["dataset"]["name"])
-    if spec.task != "generate":
-        raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use its task (task={spec.task})")
+    run, policy, spec = start_task(cfg, "generate")
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
-    check_policy_ready(cfg, policy)
-    loaded = model_from_config(cfg)
-    prepare_policy(cfg, loaded, policy)
+    loaded = load_for(cfg, policy)
     torch.manual_seed(cfg["seed"])
     tokenizer = loaded.tokenizer
     eos = tokenizer.eos_token_id

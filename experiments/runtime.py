@@ -15,6 +15,7 @@ import torch
 from adore import KVPolicy, LoadedModel, build_policy, load_model
 from adore.errors import ConfigError
 
+from .data import DatasetSpec, dataset_spec
 from .results import append_row, config_hash, git_commit, make_row, new_run_id
 
 
@@ -23,6 +24,26 @@ def policy_from_config(method: dict[str, Any], cfg: dict[str, Any] | None = None
     if method["name"] == "adore" and cfg is not None:
         params.setdefault("slicing", cfg["adore"]["slicing"])  # the issue's public key: adore.slicing
     return build_policy(method["name"], **params)
+
+
+def start_task(cfg: dict[str, Any], task: str) -> tuple[Run, KVPolicy, DatasetSpec]:
+    """The first, cheap steps of a dataset task: the run, the policy (its parameters checked) and the
+    dataset's spec, which must be of this task. Everything that can fail on a typo fails here, before
+    any data or model is loaded."""
+    run = Run(cfg, task=task)
+    policy = policy_from_config(cfg["method"], cfg)
+    spec = dataset_spec(cfg["dataset"]["name"])
+    if spec.task != task:
+        raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use task={spec.task}")
+    return run, policy, spec
+
+
+def load_for(cfg: dict[str, Any], policy: KVPolicy) -> LoadedModel:
+    """The model, with the policy made ready for it (ADORE: its controller, trained when missing)."""
+    check_policy_ready(cfg, policy)
+    loaded = model_from_config(cfg)
+    prepare_policy(cfg, loaded, policy)
+    return loaded
 
 
 def check_policy_ready(cfg: dict[str, Any], policy: KVPolicy) -> None:

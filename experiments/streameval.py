@@ -22,11 +22,11 @@ from tqdm import tqdm
 from adore import DecodingEngine
 from adore.errors import ConfigError
 
-from .data import Sample, dataset_spec, load_samples
+from .data import Sample, load_samples
 from .generation import dataset_options
 from .metrics import latency_percentiles
 from .results import clean_number
-from .runtime import PeakMemory, Run, check_policy_ready, model_from_config, policy_from_config, prepare_policy
+from .runtime import PeakMemory, load_for, start_task
 
 _LEADING_NUMBER = re.compile(r"\s*(\d+)")
 
@@ -131,16 +131,10 @@ def plot_accuracy(records: list[dict[str, Any]], bins: list[dict[str, Any]], pat
 
 
 def run_streameval(cfg: dict[str, Any]) -> dict[str, Any]:
-    run = Run(cfg, task="streameval")
-    policy = policy_from_config(cfg["method"], cfg)
-    spec = dataset_spec(cfg["dataset"]["name"])
-    if spec.task != "streameval":
-        raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use task={spec.task}")
+    run, policy, spec = start_task(cfg, "streameval")
     task = cfg["task"]
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
-    check_policy_ready(cfg, policy)
-    loaded = model_from_config(cfg)
-    prepare_policy(cfg, loaded, policy)
+    loaded = load_for(cfg, policy)
     engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
     run.save_config()
     with PeakMemory(loaded.device) as memory:

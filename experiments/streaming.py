@@ -19,11 +19,11 @@ from tqdm import tqdm
 from adore import DecodingEngine
 from adore.errors import ConfigError
 
-from .data import dataset_spec, load_samples
+from .data import load_samples
 from .generation import dataset_options
 from .metrics import latency_percentiles
 from .results import clean_number
-from .runtime import PeakMemory, Run, check_policy_ready, model_from_config, policy_from_config, prepare_policy
+from .runtime import PeakMemory, load_for, start_task
 
 
 @torch.inference_mode()
@@ -89,17 +89,11 @@ def plot_windows(windows: list[dict[str, float]], path, title: str) -> None:
 
 
 def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
-    run = Run(cfg, task="stream")
-    policy = policy_from_config(cfg["method"], cfg)
-    spec = dataset_spec(cfg["dataset"]["name"])
-    if spec.task != "stream":
-        raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use task={spec.task}")
+    run, policy, spec = start_task(cfg, "stream")
     options = dataset_options(cfg["dataset"])
     max_tokens = options.pop("max_tokens", None)
     (sample,) = load_samples(spec.name, 1, **options)
-    check_policy_ready(cfg, policy)
-    loaded = model_from_config(cfg)
-    prepare_policy(cfg, loaded, policy)
+    loaded = load_for(cfg, policy)
     token_ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: max_tokens or None]
     engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
     run.save_config()
