@@ -157,7 +157,7 @@ def method_specs(settings: dict[str, Any]) -> list[MethodSpec]:
         file = CONF_METHODS / f"{name}.yaml"
         if not file.is_file():
             choices = ", ".join(sorted([p.stem for p in CONF_METHODS.glob("*.yaml")] + [HF_GENERATE]))
-            raise ConfigError(f"unknown method {name!r} in throughput.methods; choose from: {choices}")
+            raise ConfigError(f"unknown method {name!r} in task.methods; choose from: {choices}")
         params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(file)).items() if k != "name"}
         for key in ("m", "R"):  # methods that ignore a key (full: m=null) keep their null
             if params.get(key) is not None and settings.get(key) is not None:
@@ -173,9 +173,7 @@ def prompt_bank(loaded: LoadedModel, settings: dict[str, Any], tokens_needed: in
     if source:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(
-                f"throughput.text {source!r} does not exist; run `make setup` or set throughput.text=null"
-            )
+            raise ConfigError(f"task.text {source!r} does not exist; run `make setup` or set task.text=null")
         ids = loaded.tokenizer(path.read_text(errors="replace"))["input_ids"]
         return (ids * (tokens_needed // len(ids) + 1))[:tokens_needed]
     generator = torch.Generator().manual_seed(settings.get("seed", 0))
@@ -396,11 +394,11 @@ def _check_settings(settings: dict[str, Any]) -> None:
     for key in ("context_lengths", "batch_sizes"):
         values = settings[key]
         if not values or any(not isinstance(v, int) or v <= 0 for v in values):
-            raise ConfigError(f"throughput.{key} must be a list of positive integers, got {values!r}")
+            raise ConfigError(f"task.{key} must be a list of positive integers, got {values!r}")
     if settings["new_tokens"] < 2 + settings["warmup_steps"]:
-        raise ConfigError("throughput.new_tokens must exceed throughput.warmup_steps + 1")
+        raise ConfigError("task.new_tokens must exceed task.warmup_steps + 1")
     if settings["repeats"] <= 0:
-        raise ConfigError(f"throughput.repeats must be positive, got {settings['repeats']}")
+        raise ConfigError(f"task.repeats must be positive, got {settings['repeats']}")
 
 
 def _grid(settings: dict[str, Any]) -> Iterator[tuple[int, int]]:

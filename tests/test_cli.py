@@ -38,6 +38,8 @@ def run_cli(*args: str, results_dir) -> subprocess.CompletedProcess:
         (["method=window", "method.R=3"], "error: method 'window' has no parameter 'R'"),
         (["model.path=/no/such/model"], "error: model path '/no/such/model' has no config.json"),
         (["max_new_tokens=0"], "error: max_new_tokens must be positive"),
+        (["task=throughput", "task.context_lengths=[0]"], "error: task.context_lengths must be a list of positive"),
+        (["task=throughput", "task.methods=[full,nope]"], "error: unknown method 'nope' in task.methods"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
