@@ -302,6 +302,15 @@ def _styles(labels: dict[Any, str], rows) -> dict[str, dict[str, Any]]:
     return styles
 
 
+def _plot_series(axis, rows, labels: dict[Any, str], styles: dict[str, dict[str, Any]], x: str, y: str) -> None:
+    """One line per series of ``rows``: ``y`` against ``x``, points without a ``y`` left out."""
+    for label in _series(labels, rows):
+        points = rows[[labels[i] == label for i in rows.index]].sort_values(x)
+        points = points[points[y].notna()]
+        if not points.empty:
+            axis.plot(points[x], points[y], label=label, **styles[label])
+
+
 def _new_figure(panels: int, entries: int, width: float = 4.6, height: float = 3.6):
     """A row of ``panels`` axes, tall enough for a legend of ``entries`` lines on the right."""
     from matplotlib.figure import Figure  # no pyplot: no global state, any backend (Agg for files)
@@ -346,11 +355,7 @@ def quality_vs_m(frame, dataset: str, model: str):
     styles = _styles(labels, rows)
     figure, axes = _new_figure(len(metrics), len(set(labels.values())))
     for axis, metric in zip(axes, metrics, strict=True):
-        for label in _series(labels, budgeted):
-            points = budgeted[[labels[i] == label for i in budgeted.index]].sort_values("m")
-            points = points[points[metric].notna()]
-            if not points.empty:
-                axis.plot(points["m"], points[metric], label=label, **styles[label])
+        _plot_series(axis, budgeted, labels, styles, "m", metric)
         for index, row in rows[rows["m"].isna()].iterrows():
             if row[metric] == row[metric] and row[metric] is not None:
                 style = styles[labels[index]]
@@ -376,11 +381,7 @@ def adore_vs_R(frame, dataset: str, model: str):
     styles = _styles(labels, rows)
     figure, axes = _new_figure(len(metrics), len(set(labels.values())))
     for axis, metric in zip(axes, metrics, strict=True):
-        for label in _series(labels, rows):
-            points = rows[[labels[i] == label for i in rows.index]].sort_values("R")
-            points = points[points[metric].notna()]
-            if not points.empty:
-                axis.plot(points["R"], points[metric], label=label, **styles[label])
+        _plot_series(axis, rows, labels, styles, "R", metric)
         axis.set_xticks(sorted({int(r) for r in rows["R"]}))
         axis.set(xlabel="rebuilt tokens per step R", ylabel=AXIS_LABELS[metric])
         axis.grid(alpha=0.3)
@@ -456,9 +457,7 @@ def against_context(frame, dataset: str, model: str, value: str = "decode_tok_s"
     figure, axes = _new_figure(len(batches), len(set(labels.values())))
     for axis, batch in zip(axes, batches, strict=True):
         panel = rows if batch is None else rows[rows["batch_size"] == batch]
-        for label in _series(labels, panel):
-            points = panel[[labels[i] == label for i in panel.index]].sort_values("context_length")
-            axis.plot(points["context_length"], points[value], label=label, **styles[label])
+        _plot_series(axis, panel, labels, styles, "context_length", value)
         _log2_axis(axis, rows["context_length"])
         axis.set(xlabel="context length (tokens)", ylabel=AXIS_LABELS[value],
                  title=f"batch size {batch}" if batch is not None else None)  # fmt: skip
