@@ -35,11 +35,11 @@ demo: setup
 # its controller and adapter first when missing).
 adore-eval: setup
 	$(PY) run.py -m method=adore method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
-	$(PY) run.py -m method=adore adore.labels.horizon=1 method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
-	$(PY) run.py method=adore method.m=64 method.R=8 adore.slicing=matmul $(EVAL_ARGS)
+	$(PY) run.py -m method=adore method.labels.horizon=1 method.m=$(BUDGETS) method.R=0,4,8 $(EVAL_ARGS)
+	$(PY) run.py method=adore method.m=64 method.R=8 method.slicing=matmul $(EVAL_ARGS)
 	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window method.m=$(BUDGETS) $(EVAL_ARGS)
 	$(PY) run.py method=full $(EVAL_ARGS)
-	$(PY) run.py -m method=adore adore.finetune=true method.m=64 method.R=4,8 $(EVAL_ARGS)
+	$(PY) run.py -m method=adore method.finetune=true method.m=64 method.R=4,8 $(EVAL_ARGS)
 	$(PY) run.py -m method=h2o,kv_compression,streaming_llm,window,full method.m=64 model.adapter=adore:K32 $(EVAL_ARGS)
 	$(PY) run.py task=report results_dir=results/adore-eval
 

@@ -47,16 +47,18 @@ def check_command_line(argv: list[str]) -> None:
                 if name not in _choices(key):
                     fail(f"unknown {key} {name!r}; choose one of: {', '.join(_choices(key))} (files in conf/{key}/)")
             chosen[key] = value.split(",")
-    method_params = [arg.partition("=")[0].lstrip("+~").split(".", 1)[1] for arg in argv
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key.startswith("adore.") and "=" in arg:
+            fail(f"ADORE's settings moved into its method config: use method.{key[len('adore.') :]}= instead of {key}=")
+    method_params = [arg.partition("=")[0].lstrip("+~").split(".")[1] for arg in argv
                      if arg.lstrip("+~").startswith("method.") and "=" in arg]  # fmt: skip
     if method_params:
-        from dataclasses import fields
-
-        from adore.registry import method_class
+        from adore.methods import method_parameters
 
         default = [composed["method"]["name"]] if composed is not None else ["full"]
         for name in chosen.get("method", default):
-            known = {f.name for f in fields(method_class(name))}
+            known = method_parameters(name)
             for param in method_params:
                 if param not in known:
                     fail(f"method {name!r} has no parameter {param!r}; its parameters are: {', '.join(sorted(known))}")
@@ -149,52 +151,52 @@ def dataset_task(config: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from adore.errors import HarnessError
+    from adore import HarnessError
 
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
         config = dataset_task(config)
         task = config["task"]["name"]
-        from experiments.sweep import resume_check
+        from experiments.infra.sweep import resume_check
 
         config, skip = resume_check(config)  # before any model loads; the same dict Run.finish hashes
         if skip:
             print(skip)
             return
         if task == "generate":
-            from experiments.generation import run_generation
-            from experiments.report import markdown_table
+            from experiments.reporting.report import markdown_table
+            from experiments.tasks.generation import run_generation
 
             row = run_generation(config)
             print(markdown_table([row]))
             if row.get("accuracy") is not None:
                 print(f"exact-match accuracy of the final number: {row['accuracy']}%")
         elif task == "stream":
-            from experiments.streaming import run_stream
+            from experiments.tasks.streaming import run_stream
 
             row = run_stream(config)
             print(
                 f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
             )
         elif task == "streameval":
-            from experiments.streameval import run_streameval
+            from experiments.tasks.streameval import run_streameval
 
             row = run_streameval(config)
             print(f"StreamEval accuracy {row['accuracy']}% on {row['n_samples']} queries; curve in {row['run_dir']}")
         elif task == "train":
-            from experiments.adore_training import run_train
+            from experiments.tasks.train import run_train
 
             run_train(config)
         elif task == "parity":
-            from experiments.parity import run_parity
+            from experiments.tasks.parity import run_parity
 
             run_parity(config)
         elif task == "throughput":
-            from experiments.throughput import run_throughput
+            from experiments.tasks.throughput import run_throughput
 
             run_throughput(config)
         elif task == "report":
-            from experiments.report import run_report
+            from experiments.reporting.report import run_report
 
             run_report(config)
         else:
@@ -204,7 +206,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from adore.errors import HarnessError
+    from adore import HarnessError
 
     try:
         check_command_line(sys.argv[1:])

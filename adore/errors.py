@@ -1,13 +1,7 @@
-"""Errors that reach the user as one line (``run.py`` prints them and exits non-zero)."""
+"""Moved to :mod:`adore.core.errors`; this path works for one more release."""
 
+import sys
 
-class HarnessError(Exception):
-    """A problem the user can fix; the message names the fix."""
+from adore.core import errors as _moved
 
-
-class ConfigError(HarnessError):
-    """Bad configuration: unknown name, out-of-range parameter, missing path."""
-
-
-class BudgetViolation(AssertionError):
-    """The cache held more tokens than the policy's budget after a step (an engine bug, never user error)."""
+sys.modules[__name__] = _moved

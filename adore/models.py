@@ -1,62 +1,7 @@
-"""Loading the model and tokenizer, with one-line errors for the usual mistakes."""
+"""Moved to :mod:`adore.core.models`; this path works for one more release."""
 
-from __future__ import annotations
+import sys
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from adore.core import models as _moved
 
-import torch
-
-from .attention import register
-from .errors import ConfigError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    name: str
-    device: torch.device
-    dtype: torch.dtype
-
-
-def load_model(path: str, name: str = "", device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load any HF causal-LM folder with the ``kv_policy`` attention implementation."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        hint = (
-            "run `make setup` to convert the embedded model"
-            if "smollm2" in str(path)
-            else "point model.path= at an HF model folder"
-        )
-        raise ConfigError(f"model path {str(path)!r} has no config.json; {hint}")
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=register())
-    model.to(torch_device).eval()
-    return LoadedModel(model, tokenizer, name or folder.name, torch_device, torch_dtype)
+sys.modules[__name__] = _moved

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adore.policy import KVPolicy
-from adore.registry import register_method
+from adore import KVPolicy, register_method
 
 
 @register_method("full")

@@ -6,16 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from adore.attention_view import AttentionView
-from adore.cache import PolicyLayer
-from adore.errors import ConfigError
-from adore.policy import KVPolicy
-from adore.registry import register_method
+from adore import AttentionView, ConfigError, PolicyLayer, ScoredPolicy, register_method
 
 
 @register_method("h2o")
 @dataclass
-class H2O(KVPolicy):
+class H2O(ScoredPolicy):
     """Keeps the most recent tokens plus the "heavy hitters" with the largest accumulated attention.
 
     Per layer and per KV head, every key accumulates the attention probability it receives from
@@ -23,6 +19,7 @@ class H2O(KVPolicy):
     grouped-query attention the probabilities of the query heads sharing a KV head are summed.
     Each step evicts down to ``m``: the ``m - heavy`` most recent tokens plus the ``heavy`` tokens
     of highest accumulated score among the rest, as FMInference/H2O's ``H2OKVCache_LayerWise``.
+    The newest token is always kept, also at ``heavy_ratio=1``.
 
     Attributes:
         heavy_ratio: share of ``m`` given to heavy hitters (the rest is the recent window).
@@ -42,19 +39,14 @@ class H2O(KVPolicy):
     def heavy(self) -> int:
         return int(self.m * self.heavy_ratio)
 
-    @property
-    def recent(self) -> int:
+    def protected_recent(self) -> int:
         return self.m - self.heavy
 
     def on_append(self, layer: PolicyLayer, q: int) -> None:
-        B, H = layer.positions.shape[:2]
-        previous = layer.extras.get("score", layer.positions.new_zeros(B, H, 0, dtype=torch.float32))
-        layer.extras["score"] = torch.cat([previous, previous.new_zeros(B, H, q)], dim=2)
+        layer.grow_extra("score", q)
 
     def observe(self, layer: PolicyLayer, attention: AttentionView) -> None:
         layer.extras["score"] += attention.column_sums()
 
-    def priority(self, layer: PolicyLayer) -> torch.Tensor:
-        newest = layer.positions.masked_fill(~layer.valid, -1).amax(dim=-1, keepdim=True)
-        recent = layer.positions > newest - self.recent
-        return layer.extras["score"].to(torch.float64).masked_fill(recent, float("inf"))
+    def score(self, layer: PolicyLayer) -> torch.Tensor:
+        return layer.extras["score"]

@@ -10,25 +10,22 @@ from dataclasses import dataclass
 
 import torch
 
-from adore.attention_view import AttentionView
-from adore.cache import PolicyLayer
-from adore.errors import ConfigError
-from adore.policy import KVPolicy
-from adore.registry import register_method
+from adore import AttentionView, ConfigError, PolicyLayer, ScoredPolicy, register_method
 
 _COUNT_SCALE = float(2**32)  # counts dominate; the position only breaks ties (older goes first)
 
 
 @register_method("kv_compression")
 @dataclass
-class Scissorhands(KVPolicy):
+class Scissorhands(ScoredPolicy):
     """Drops the tokens that were most often unimportant over a recent history of queries.
 
     A token is *unimportant* for a query when the attention it gets (averaged over the query heads
     that share its KV head) is below the average ``1/t``, ``t`` being the number of tokens that
     query sees. Per layer and KV head, each token counts how often it was unimportant over the last
     ``history_window`` queries; when the cache exceeds ``m``, the ``drop_amount`` tokens with the
-    highest counts are dropped (ties: older first), the ``recent`` newest tokens being protected.
+    highest counts are dropped (ties: older first), the ``recent`` newest tokens (and always the
+    newest one) being protected.
 
     Attributes:
         history_window: queries remembered (``w`` in the paper).
@@ -57,11 +54,11 @@ class Scissorhands(KVPolicy):
     def target_size(self, stored: int) -> int:
         return self.m + 1 - self.drop_amount
 
+    def protected_recent(self) -> int:
+        return self.recent
+
     def on_append(self, layer: PolicyLayer, q: int) -> None:
-        B, H = layer.positions.shape[:2]
-        shape = (B, H, 0, self.history_window)
-        previous = layer.extras.get("unimportant", torch.zeros(shape, dtype=torch.bool, device=layer.positions.device))
-        layer.extras["unimportant"] = torch.cat([previous, previous.new_zeros(B, H, q, self.history_window)], dim=2)
+        layer.grow_extra("unimportant", q, torch.bool, self.history_window)
 
     def observe(self, layer: PolicyLayer, attention: AttentionView) -> None:
         q = attention.q_len
@@ -77,9 +74,6 @@ class Scissorhands(KVPolicy):
             for i, row in enumerate(sub):
                 history[..., (first_query + row) % self.history_window] = below[:, :, i]
 
-    def priority(self, layer: PolicyLayer) -> torch.Tensor:
-        newest = layer.positions.masked_fill(~layer.valid, -1).amax(dim=-1, keepdim=True)
-        recent = layer.positions > newest - self.recent
+    def score(self, layer: PolicyLayer) -> torch.Tensor:
         counts = layer.extras["unimportant"].sum(-1).to(torch.float64)
-        priority = -counts * _COUNT_SCALE + layer.positions.to(torch.float64)
-        return priority.masked_fill(recent, float("inf"))
+        return -counts * _COUNT_SCALE + layer.positions.to(torch.float64)

@@ -6,25 +6,19 @@ from dataclasses import dataclass
 
 import torch
 
-from adore.cache import PolicyCache, PolicyLayer
-from adore.errors import ConfigError
-from adore.policy import KVPolicy
-from adore.registry import register_method
-from adore.rope import rerotate
-
-_SINK_BONUS = float(2**40)  # above any position, so sinks always outrank recent tokens
+from adore import CacheRelativePositions, ConfigError, KVPolicy, PolicyLayer, ScoredPolicy, register_method
 
 
 @register_method("streaming_llm")
 @dataclass
-class StreamingLLM(KVPolicy):
+class StreamingLLM(ScoredPolicy):
     """Keeps the first ``n_sink`` tokens and the ``m - n_sink`` most recent ones.
 
     Attributes:
         n_sink: attention-sink tokens (the first real tokens of each sequence).
         position_mode: ``"cache"`` gives RoPE positions within the cache (the paper's choice:
-            the query sits at the cache length and each kept key is re-rotated to its rank);
-            ``"original"`` keeps every token's original position.
+            the query sits at the cache length and each kept key is re-rotated to its rank, see
+            :class:`~adore.CacheRelativePositions`); ``"original"`` keeps every token's original position.
     """
 
     m: int = 128
@@ -44,35 +38,11 @@ class StreamingLLM(KVPolicy):
         if self.position_mode not in ("cache", "original"):
             raise ConfigError(f"method.position_mode must be 'cache' or 'original', got {self.position_mode!r}")
 
-    def priority(self, layer: PolicyLayer) -> torch.Tensor:
-        sink = layer.valid & (layer.positions < self.n_sink)
-        return layer.positions.to(torch.float64) + sink * _SINK_BONUS
+    def protected_sinks(self) -> int:
+        return self.n_sink
 
-    # ---- cache-relative positions ------------------------------------------------------
-    def rope_position_ids(self, cache: PolicyCache, position_ids: torch.Tensor) -> torch.Tensor:
-        if self.position_mode == "original":
-            return position_ids
-        layer = cache.layers[0]
-        stored_valid = (
-            layer.valid[:, 0].sum(-1) if layer.is_initialized else position_ids.new_zeros(position_ids.shape[0])
-        )
-        return stored_valid[:, None] + (position_ids - position_ids[:, :1])
+    def score(self, layer: PolicyLayer) -> torch.Tensor:
+        return layer.positions
 
-    def on_append(self, layer: PolicyLayer, q: int) -> None:
-        if self.position_mode == "original":
-            return
-        B, H = layer.positions.shape[:2]
-        rope = layer.step_rope_positions.to(layer.positions.device).expand(B, q)[:, None].expand(B, H, q)
-        previous = layer.extras.get("rope_pos", rope.new_zeros(B, H, 0))
-        layer.extras["rope_pos"] = torch.cat([previous, rope], dim=2)
-
-    def keys_for_attention(self, layer: PolicyLayer, keys: torch.Tensor) -> torch.Tensor:
-        if self.position_mode == "original":
-            return keys
-        # Rank of each valid slot by original position; pads sort first and are masked anyway.
-        order_key = layer.positions.masked_fill(~layer.valid, -1)
-        rank = order_key.argsort(dim=-1).argsort(dim=-1) - (~layer.valid).sum(-1, keepdim=True)
-        delta = rank - layer.extras["rope_pos"]
-        if not bool(delta.any()):
-            return keys
-        return rerotate(keys, delta, layer.owner.rotary_inv_freq)
+    def composed(self) -> KVPolicy:
+        return CacheRelativePositions(self) if self.position_mode == "cache" else self

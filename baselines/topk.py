@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adore.errors import ConfigError
-from adore.policy import KVPolicy
-from adore.registry import register_method
+from adore import ConfigError, KVPolicy, register_method
 
 
 @register_method("topk")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 

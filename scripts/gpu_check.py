@@ -22,9 +22,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adore import DecodingEngine, build_policy
+from adore import DecodingEngine
 from adore.attention import register
 from adore.controller import ControllerConfig, ImportanceController
+from adore.methods import build_policy
 
 METHODS = [
     ("full", {}),

@@ -8,10 +8,11 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from adore import ConfigError, DecodingEngine, build_policy
+from adore import ConfigError, DecodingEngine
 from adore.controller import ControllerConfig, ImportanceController
 from adore.finetune import FinetuneExample, LoraConfig, sparse_attention_mask, sparse_finetune
 from adore.labels import aggregated_attention, topk_past
+from adore.methods import build_policy
 from adore.training import LabelledSequence, train_controller
 from tests.conftest import random_prompts, tiny_llama
 from tests.test_keep_sets import ReferenceAttention
@@ -201,7 +202,7 @@ def test_sparse_mask_and_lora_finetune(tmp_path):
         ({"m": 8, "K": 0}, r"method.K must be an integer in \[1, m=8\]"),
         ({"m": 8, "K": 9}, r"method.K must be an integer in \[1, m=8\]"),
         ({"m": 0}, "method.m must be a positive integer"),
-        ({"m": 8, "K": 4, "slicing": "index"}, "adore.slicing must be one of gather, matmul"),
+        ({"m": 8, "K": 4, "slicing": "index"}, "method.slicing must be one of gather, matmul"),
         ({"m": 8, "K": 4, "R": 2, "scorer": "oracle"}, "scorer=oracle scores only cached tokens"),
     ],
 )

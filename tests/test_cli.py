@@ -89,7 +89,7 @@ def test_parity_task_reports_equal_tokens_and_two_rows(tmp_path):
 
 def test_adore_without_controller_and_training_disabled_is_one_line(tmp_path):
     result = run_cli(
-        "method=adore", "adore.train_if_missing=false", f"adore.artifacts_dir={tmp_path / 'none'}",
+        "method=adore", "method.train_if_missing=false", f"method.artifacts_dir={tmp_path / 'none'}",
         "dataset.limit=1", results_dir=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2

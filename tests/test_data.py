@@ -379,9 +379,9 @@ def test_adore_train_dataset_keys_the_artifacts():
     del without_key["adore"]["train_dataset"]  # configs from before the key: the same folder
     assert artifact_dir(without_key, "smollm2-135m", 32) == aclsum
     assert artifact_dir(adore_cfg("gutenberg", "aclsum", book="hamlet"), "smollm2-135m", 32) == aclsum
-    with pytest.raises(ConfigError, match=r"dataset 'gutenberg' has none; set adore.train_dataset=aclsum"):
+    with pytest.raises(ConfigError, match=r"dataset 'gutenberg' has none; set method.train_dataset=aclsum"):
         check_trainable(adore_cfg("gutenberg"))
-    with pytest.raises(ConfigError, match="adore.train_dataset"):
+    with pytest.raises(ConfigError, match="method.train_dataset"):
         check_trainable(adore_cfg("streameval"))
     check_trainable(adore_cfg("sharegpt"))
     samples = _split(adore_cfg("gutenberg", "aclsum", book="hamlet"), "train", 2)  # aclsum's own defaults

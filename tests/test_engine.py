@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adore import BudgetViolation, DecodingEngine, PolicyCache, build_policy
+from adore import BudgetViolation, DecodingEngine, PolicyCache
+from adore.methods import build_policy
 from baselines.window import WindowAttention
 from tests.conftest import random_prompts, tiny_llama
 

@@ -14,7 +14,8 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from adore import DecodingEngine, build_policy
+from adore import DecodingEngine
+from adore.methods import build_policy
 from tests.conftest import random_prompts, tiny_llama
 
 PROMPT_LEN, STEPS, M = 24, 24, 12

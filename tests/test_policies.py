@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adore import ConfigError, available_methods, build_policy
+from adore import ConfigError
+from adore.methods import available_methods, build_policy
 from adore.rope import rerotate
 from tests.conftest import tiny_llama
 
 
 def test_registry_lists_every_builtin_method():
     assert {"full", "window", "streaming_llm", "h2o", "kv_compression", "topk"} <= set(available_methods())
-    with pytest.raises(ConfigError, match="unknown method 'h3o'; choose one of"):
+    with pytest.raises(ConfigError, match=r"unknown method 'h3o' \(did you mean 'h2o'\?\); choose one of"):
         build_policy("h3o")
     with pytest.raises(ConfigError, match="has no parameter 'budget'; its parameters are: heavy_ratio, m"):
         build_policy("h2o", budget=3)

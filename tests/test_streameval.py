@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adore import ConfigError, DecodingEngine, build_policy
+from adore import ConfigError, DecodingEngine
+from adore.methods import build_policy
 from experiments.data import dataset_spec, load_samples
 from experiments.streameval import accuracy_bins, answer_number, stream_queries
 from tests.test_cli import run_cli
@@ -132,7 +133,7 @@ def test_streameval_run_writes_accuracy_row_json_and_plot(tmp_path):
         (["dataset=samsum"], "error: samsum needs the Hugging Face hub (offline here"),
         (
             ["task=stream", "dataset=gutenberg", "method=adore"],
-            "error: ADORE's controller needs a dataset with a train split and dataset 'gutenberg' has none; set adore.train_dataset=aclsum",
+            "error: ADORE's controller needs a dataset with a train split and dataset 'gutenberg' has none; set method.train_dataset=aclsum",
         ),
         (["task=streameval", "dataset=aclsum"], "error: dataset 'aclsum' is a 'generate' dataset; use task=generate"),
     ],

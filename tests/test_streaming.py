@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from adore import ConfigError, DecodingEngine, build_policy
+from adore import ConfigError, DecodingEngine
+from adore.methods import build_policy
 from experiments.data import load_samples
 from experiments.streaming import stream_nll, window_perplexities
 from tests.conftest import random_prompts

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from adore import build_policy
+from adore.methods import build_policy
 from experiments.results import ROW_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
     decode_kv_tokens,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,8 @@ def load_samples(name: str, limit: int | None = None, **options: Any) -> list[Sa
     if not samples:
         raise ConfigError(f"dataset {name!r} produced no samples; check its path and split")
     return samples[:limit] if limit is not None else samples
+
+
+def dataset_options(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The loader keyword arguments of a dataset config (everything but the harness' own keys)."""
+    return {k: v for k, v in dataset.items() if k not in ("name", "limit", "task") and v is not None}

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, register_dataset
 

@@ -23,7 +23,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from ..metrics import final_number
 from . import Sample, data_folder, register_dataset

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, register_dataset
 

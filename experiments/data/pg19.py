@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from itertools import islice
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, register_dataset
 from .hub import check_columns, hub_rows

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, data_folder, register_dataset
 from .chat import PROMPT, SPLITS, chat_sample, hash_split

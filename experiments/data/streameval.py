@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, register_dataset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adore.errors import ConfigError
+from adore import ConfigError
 
 from . import Sample, register_dataset
 

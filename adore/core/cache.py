@@ -1,0 +1,307 @@
+"""A transformers ``Cache`` whose layers store only the tokens a policy keeps.
+
+Built on transformers 5.x's own Cache API (``DynamicLayer`` subclass, no monkeypatching), following
+the shape of transformers' ``DynamicSlidingWindowLayer``: ``update()`` appends and returns stored +
+new keys/values for this step's attention; eviction happens right after attention
+(attend-then-evict), called back by the ``kv_policy`` attention function (see ``attention.py``).
+
+Each layer tracks, per slot, the token's original position and whether it is a real token or left
+padding. Masks are built from positions, never from slot indices, so tokens may be stored in any
+order (ADORE inserts rebuilt tokens at old positions) and per-head keep-sets may differ (H2O).
+
+Mask contract (verified for transformers 5.24): ``get_seq_length()`` counts tokens *seen*;
+``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .attention_view import AttentionView
+from .errors import BudgetViolation
+from .policy import KVPolicy
+
+
+def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """Broadcast a slot index ``[B, H, S']`` over the trailing dims of a per-slot tensor ``[B, H, S, ...]``."""
+    return index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
+
+
+@dataclass
+class EvictionPlan:
+    """Either one ``victim`` slot per (sequence, head) (``[B, H, 1]``) or the slots to keep (``[B, H, S']``)."""
+
+    victim: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+
+class PolicyLayer(DynamicLayer):
+    """One layer's KV store, evicting down to the policy's budget after each attention call.
+
+    Attributes:
+        keys, values: ``[B, H, S, D]`` stored states (post-RoPE keys).
+        positions: ``[B, H, S]`` long, each slot's original token position.
+        valid: ``[B, H, S]`` bool, False for left-padding slots.
+        extras: per-slot policy statistics, each ``[B, H, S, ...]``, gathered with the keys.
+        seen: tokens fed to this layer so far.
+    """
+
+    is_sliding = False
+    is_croppable = False  # crop() would not know about positions/extras
+
+    def __init__(self, policy: KVPolicy, owner: PolicyCache, layer_idx: int):
+        super().__init__()
+        self.policy, self.owner, self.layer_idx = policy, owner, layer_idx
+        self.seen = 0
+        self.positions: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None
+        self.extras: dict[str, torch.Tensor] = {}
+        self.has_invalid = False
+        self.step_rope_positions: torch.Tensor | None = None  # positions RoPE saw for this step's tokens
+        self.peak_stored = 0
+        self._step: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (keys attended, score mask)
+
+    # ---- Cache API -------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        B, H, _, D = key_states.shape
+        self.keys = key_states.new_zeros(B, H, 0, D)
+        self.values = value_states.new_zeros(B, H, 0, value_states.shape[-1])
+        self.positions = torch.zeros(B, H, 0, dtype=torch.long, device=key_states.device)
+        self.valid = torch.ones(B, H, 0, dtype=torch.bool, device=key_states.device)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        B, H, q, _ = key_states.shape
+        forwarded = kwargs.get("kwargs")
+        forwarded = forwarded if forwarded is not None else {}
+        new_pos = self.owner.step_positions
+        if new_pos is None:
+            new_pos = forwarded.get("position_ids")
+        if new_pos is None:
+            new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)[None].expand(B, q)
+        new_pos = new_pos.to(key_states.device).expand(B, q)
+        new_valid = self.owner.step_valid
+        new_valid = torch.ones(B, q, dtype=torch.bool, device=key_states.device) if new_valid is None else new_valid
+        new_valid = new_valid.to(key_states.device)
+        stored = self.keys.shape[2]
+
+        self.keys = torch.cat([self.keys, key_states], dim=2)
+        self.values = torch.cat([self.values, value_states], dim=2)
+        self.positions = torch.cat([self.positions, new_pos[:, None].expand(B, H, q)], dim=2)
+        self.valid = torch.cat([self.valid, new_valid[:, None].expand(B, H, q)], dim=2)
+        if self.layer_idx == 0:
+            self.owner.note_positions(new_pos, new_valid)
+        self.has_invalid = self.has_invalid or not self.owner.step_all_valid
+        self.seen += q
+        rope = forwarded.get("position_ids")
+        self.step_rope_positions = new_pos if rope is None else rope
+        self.policy.on_append(self, q)
+
+        # Publish ourselves (and a mask, when the model's index-causal mask would be wrong) to the
+        # attention function through the kwargs dict that LlamaAttention hands to both calls.
+        sdpa_needs_mask = self.has_invalid or self.owner.out_of_order or (q > 1 and stored > 0)
+        scores_need_mask = self.policy.needs_scores and (q > 1 or self.has_invalid or self.owner.out_of_order)
+        mask = score_mask = None
+        if sdpa_needs_mask or scores_need_mask:
+            causal = self.valid[:, :, None, :] & (self.positions[:, :, None, :] <= new_pos[:, None, :, None])
+            mask = causal if sdpa_needs_mask else None
+            # Scores ignore padding queries (in the sdpa mask they see the first real token).
+            score_mask = causal & new_valid[:, None, :, None]
+        attention_keys = self.policy.keys_for_attention(self, self.keys)
+        self._step = (attention_keys, score_mask)
+        forwarded["kv_layer"] = self
+        forwarded["kv_mask"] = mask
+        return attention_keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        stored = self.keys.shape[2] if self.is_initialized else 0
+        return stored + query_length, self.seen - stored
+
+    def get_max_length(self) -> int:
+        return -1
+
+    # ---- eviction --------------------------------------------------------------------
+    @property
+    def stored(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def after_attention(self, query: torch.Tensor, scaling: float) -> None:
+        """Called by the attention function once this step's attention is computed."""
+        attention_keys, score_mask = self._step
+        if self.policy.needs_scores:
+            self.policy.observe(self, AttentionView(query, attention_keys, score_mask, scaling))
+        self.peak_stored = max(self.peak_stored, self.stored)
+        budget = self.policy.budget
+        if not self.policy.uniform and budget is not None and self.stored > budget:
+            self.apply(self.plan_eviction(self.policy.target_size(self.stored)))
+        self._step = None
+
+    def plan_eviction(self, keep: int) -> EvictionPlan:
+        """Which slots go: the ``keep`` slots of highest priority stay in every (sequence, KV head);
+        padding goes first."""
+        priority = self.policy.priority(self).masked_fill(~self.valid, float("-inf"))
+        if self.stored - keep == 1 and self.policy.slicing == "gather":
+            return EvictionPlan(victim=priority.argmin(dim=-1, keepdim=True))  # [B, H, 1]
+        return EvictionPlan(index=priority.topk(keep, dim=-1).indices.sort(dim=-1).values)  # [B, H, keep]
+
+    def apply(self, plan: EvictionPlan) -> None:
+        if plan.victim is not None:
+            # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
+            for name, tensor in self._slot_tensors():
+                tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
+                self._set(name, tensor[:, :, :-1])
+        elif self.policy.slicing == "matmul":
+            self.select_by_matmul(plan.index)
+        else:
+            self.gather(plan.index)
+        self._refresh_invalid()
+
+    def gather(self, index: torch.Tensor, skip: int = 0) -> None:
+        """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor (after the first ``skip``)."""
+        for name, tensor in self._slot_tensors()[skip:]:
+            self._set(name, tensor.gather(2, _along_slots(index, tensor)))
+
+    def select_by_matmul(self, index: torch.Tensor) -> None:
+        """ADORE's "matrix slicing": keys and values are multiplied by a 0/1 selection matrix
+        ``P [B, S', S]`` (one per sequence, shared by every head: the keep-set must be uniform);
+        slot metadata is gathered."""
+        selection = self.owner.selection_matrix(index, self.stored, self.keys.dtype)
+        self.keys = torch.einsum("bks,bhsd->bhkd", selection, self.keys)
+        self.values = torch.einsum("bks,bhsd->bhkd", selection, self.values)
+        self.gather(index, skip=2)
+
+    def _slot_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        base = [("keys", self.keys), ("values", self.values), ("positions", self.positions), ("valid", self.valid)]
+        return base + [(f"extras.{k}", v) for k, v in self.extras.items()]
+
+    def _set(self, name: str, tensor: torch.Tensor) -> None:
+        if name.startswith("extras."):
+            self.extras[name[len("extras.") :]] = tensor
+        else:
+            setattr(self, name, tensor)
+
+    def _refresh_invalid(self) -> None:
+        # Decode tokens are always valid, so once the pads are gone the check is never needed again.
+        if self.has_invalid:
+            self.has_invalid = not bool(self.valid.all())
+
+    def kv_bytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    # ---- helpers for policies ----------------------------------------------------------
+    def newest(self) -> torch.Tensor:
+        """``[B, H, 1]`` the latest valid position stored in each (sequence, KV head)."""
+        return self.positions.masked_fill(~self.valid, -1).amax(dim=-1, keepdim=True)
+
+    def recent(self, n: int) -> torch.Tensor:
+        """``[B, H, S]`` bool: the slot holds one of the ``n`` latest positions (``n=1``: the newest)."""
+        return self.positions > self.newest() - n
+
+    def sinks(self, n: int) -> torch.Tensor:
+        """``[B, H, S]`` bool: the slot holds one of a sequence's first ``n`` real tokens."""
+        return self.valid & (self.positions < n)
+
+    def grow_extra(self, name: str, q: int, dtype: torch.dtype = torch.float32, *trailing: int) -> torch.Tensor:
+        """Extend the per-slot statistic ``extras[name]`` (``[B, H, S, *trailing]``) by ``q`` zero slots.
+
+        Invariant a policy relies on: every extra has exactly as many slots as the keys, in the same
+        order, so that eviction gathers it with them. Call this from ``on_append`` for each extra.
+        """
+        B, H, S = self.positions.shape
+        previous = self.extras.get(name)
+        if previous is None:
+            previous = torch.zeros(B, H, S - q, *trailing, dtype=dtype, device=self.positions.device)
+        grown = torch.cat([previous, previous.new_zeros(B, H, q, *trailing)], dim=2)
+        self.extras[name] = grown
+        return grown
+
+
+class PolicyCache(Cache):
+    """A ``Cache`` of :class:`PolicyLayer` s sharing one policy.
+
+    The engine sets ``step_positions`` (original positions, ``[B, q]``) and ``step_valid`` (``[B, q]``
+    bool, False for padding) before each forward; both default to what the model passes.
+    """
+
+    def __init__(self, policy: KVPolicy, num_layers: int, rotary_inv_freq: torch.Tensor | None = None):
+        self.policy = policy
+        self.rotary_inv_freq = rotary_inv_freq  # for policies that re-rotate keys
+        self.step_positions: torch.Tensor | None = None
+        self.step_valid: torch.Tensor | None = None
+        self.max_fed: torch.Tensor | None = None  # [B] latest position fed per sequence
+        self.out_of_order = False  # this step feeds a token at or before an already fed position
+        self.step_all_valid = True  # no padding among this step's tokens
+        self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
+        self._selection: torch.Tensor | None = None
+        self._selection_index: torch.Tensor | None = None
+        super().__init__(layers=[PolicyLayer(policy, self, i) for i in range(num_layers)])
+
+    def evict_uniform(self) -> None:
+        """For policies whose keep-set is the same in every layer and head (``policy.uniform``): plan
+        once, from layer 0, after the whole forward, and apply the plan to every layer."""
+        budget, first = self.policy.budget, self.layers[0]
+        if budget is None or first.stored <= budget:
+            return
+        plan = first.plan_eviction(self.policy.target_size(first.stored))
+        for layer in self.layers:
+            layer.apply(plan)
+
+    def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
+        """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, 0, k]] = 1`` for a uniform keep-set ``index``
+        ``[B, H, S']``, built in a buffer reused across layers (same plan) and steps (same shape): the
+        paper's pre-prepared slicing matrices."""
+        shape = (index.shape[0], index.shape[2], stored)
+        if self._selection is None or self._selection.shape != shape or self._selection.dtype != dtype:
+            self._selection = torch.zeros(shape, dtype=dtype, device=index.device)
+            self._selection_index = None
+        if self._selection_index is not index:  # one plan serves every layer of a step
+            self._selection.zero_().scatter_(2, index[:, 0, :, None], 1.0)
+            self._selection_index = index
+        return self._selection
+
+    def note_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which
+        need a position mask even for a single token."""
+        self.step_all_valid = self.step_valid is None or bool(valid.all())
+        latest = positions.masked_fill(~valid, -1).amax(dim=-1)
+        earliest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(dim=-1)
+        if self.max_fed is None:
+            self.out_of_order, self.max_fed = False, latest
+        else:
+            self.out_of_order = bool((earliest <= self.max_fed).any())
+            self.max_fed = torch.maximum(self.max_fed, latest)
+
+    def check_budget(self) -> None:
+        """Raise if any layer holds more than the budget or a step's eviction never ran."""
+        budget = self.policy.budget
+        for layer in self.layers:
+            if layer._step is not None:
+                raise BudgetViolation(
+                    f"layer {layer.layer_idx} appended tokens but was never evicted: load the model "
+                    "with attn_implementation='kv_policy' (adore.models.load_model does)"
+                )
+            if budget is not None and layer.stored > budget:
+                raise BudgetViolation(f"layer {layer.layer_idx} holds {layer.stored} > m={budget} tokens")
+
+    def kv_bytes(self) -> int:
+        return sum(layer.kv_bytes() for layer in self.layers)
+
+    def stored_positions(self, layer_idx: int) -> list[list[list[int]]]:
+        """Sorted valid positions per (sequence, KV head) of one layer: for tests and debugging."""
+        layer = self.layers[layer_idx]
+        out = []
+        for b in range(layer.positions.shape[0]):
+            out.append(
+                [sorted(layer.positions[b, h][layer.valid[b, h]].tolist()) for h in range(layer.positions.shape[1])]
+            )
+        return out

@@ -1,0 +1,207 @@
+"""ADORE's controller artifacts: where they live, training them, and binding one to a run's policy.
+
+Artifacts live in ``<artifacts_dir>/adore/<model>/<dataset>/K<K>-<hash>/``, where ``<dataset>`` is
+the dataset the controller is trained on (``method.train_dataset``, by default the run's dataset)
+and the hash covers the controller, label and training settings and the fine-tuning switch:
+``controller.pt``, ``training.json`` (losses, recall@m, timings), ``loss.png`` and, with
+``method.finetune=true``, ``adapter/`` (peft LoRA).
+
+Training data comes through the run's :class:`~adore.TrainingData`; nothing here knows a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from adore import ConfigError, LoadedModel, RunContext, merge_adapter
+from adore.core.plotting import new_figure, save_figure
+
+from .controller import ControllerConfig, ImportanceController
+from .finetune import FinetuneExample, LoraConfig, sparse_finetune
+from .labels import aggregated_attention, topk_past
+from .settings import SETTINGS_DEFAULTS
+from .training import LabelledSequence, train_controller
+
+if TYPE_CHECKING:
+    from .policy import ADORE
+
+
+def training_dataset(policy: ADORE, context: RunContext) -> str:
+    """The dataset the controller is trained on: ``method.train_dataset``, else the run's dataset
+    (a stream such as ``gutenberg`` has no train split; there, e.g. ``method.train_dataset=aclsum``)."""
+    return policy.train_dataset or context.dataset
+
+
+def artifact_dir(policy: ADORE, model_name: str, dataset: str, finetune: bool | None = None) -> Path:
+    labels = dict(policy.labels)
+    if labels.get("horizon", 1) == 1:
+        labels.pop("horizon", None)  # the default keeps the key of checkpoints made before the switch existed
+    finetune = policy.finetune if finetune is None else finetune
+    settings = {
+        "controller": policy.controller,
+        "labels": labels,
+        "train": policy.train,
+        "finetune": finetune,
+        "lora": policy.lora if finetune else None,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(policy.artifacts_dir) / "adore" / model_name / dataset / f"K{policy.K}-{digest}"
+
+
+def _train_command(policy: ADORE, dataset: str) -> str:
+    """The command that trains what this policy looks for, with its own non-default settings."""
+    moved = [f"method.{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in sorted(SETTINGS_DEFAULTS.items())
+             if getattr(policy, k) != v and k not in ("train_if_missing", "slicing")]  # fmt: skip
+    return " ".join(["python run.py task=train method=adore", f"method.K={policy.K}", f"dataset={dataset}", *moved])
+
+
+def _require_trainable(policy: ADORE, context: RunContext) -> None:
+    if context.data is None:
+        raise ConfigError("this run cannot train ADORE's controller (no training data); train it with task=train")
+    context.data.check_trainable(training_dataset(policy, context))
+
+
+def _sequences(policy: ADORE, context: RunContext, loaded: LoadedModel, split: str, limit: int):
+    _require_trainable(policy, context)
+    return context.data.sequences(
+        loaded.tokenizer, training_dataset(policy, context), split, limit, policy.train["max_length"]
+    )
+
+
+def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cfg: dict, desc: str):
+    embedding = loaded.model.get_input_embeddings()
+    out = []
+    for ids in tqdm(sequences, desc=desc, unit="seq"):
+        attention = aggregated_attention(loaded.model, ids, labels_cfg["aggregate"])
+        labels = topk_past(attention, K, labels_cfg.get("horizon", 1)).cpu()
+        with torch.no_grad():
+            embeddings = embedding(torch.tensor(ids, device=loaded.device)).float().cpu()
+        out.append(LabelledSequence(embeddings, labels))
+    return out
+
+
+def _plot_losses(step_losses: list[float], path: Path, title: str) -> None:
+    figure, axis = new_figure(figsize=(6, 3.5))
+    axis.plot(step_losses, linewidth=0.8, alpha=0.5, label="per sequence")
+    window = max(1, len(step_losses) // 20)
+    smooth = [sum(step_losses[max(0, i - window) : i + 1]) / len(step_losses[max(0, i - window) : i + 1])
+              for i in range(len(step_losses))]  # fmt: skip
+    axis.plot(smooth, linewidth=1.5, label=f"moving mean ({window})")
+    axis.set(xlabel="step", ylabel="class-weighted BCE", title=title)
+    axis.legend()
+    save_figure(figure, path)
+
+
+def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path:
+    """Fine-tune (optional) and train the controller; returns the artifact folder."""
+    train = policy.train
+    dataset = training_dataset(policy, context)
+    out = artifact_dir(policy, loaded.name, dataset)
+    started = time.perf_counter()
+    train_pairs = _sequences(policy, context, loaded, "train", train["samples"])
+    held_out_ids = [ids for ids, _ in _sequences(policy, context, loaded, "val", train["eval_samples"])]
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": loaded.name, "dataset": dataset, "K": policy.K, "m_for_recall": policy.m}
+    config = ControllerConfig(**policy.controller)
+    seed = context.config.get("seed", 0)
+    if policy.finetune:
+        base = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, policy.labels, "top-K masks")
+        examples = [FinetuneExample(ids, n, seq.labels) for (ids, n), seq in zip(train_pairs, base, strict=True)]
+        losses = sparse_finetune(loaded.model, examples, LoraConfig(**policy.lora), out / "adapter", seed)
+        report["finetune_losses"] = losses
+        loaded.model = merge_adapter(loaded.model, str(out / "adapter"))  # labels come from the tuned model
+        loaded.model._adore_adapter_merged = True
+    train_data = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, policy.labels, "top-K labels (train)")
+    held_out = _labelled(loaded, held_out_ids, policy.K, policy.labels, "top-K labels (held out)")
+    result = train_controller(train_data, held_out, config, policy.K, policy.m, train["epochs"], train["lr"], seed)
+    torch.save({"config": config.to_dict(), "state_dict": result.controller.state_dict()}, out / "controller.pt")
+    _plot_losses(result.step_losses, out / "loss.png", f"ADORE controller, {dataset}, K={policy.K}")
+    report.update(
+        epoch_losses=result.losses,
+        recall_at_m=result.recall,
+        chance_recall_at_m=result.chance_recall,
+        train_sequences=len(train_data),
+        held_out_sequences=len(held_out),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+    return out
+
+
+def load_controller(folder: Path, trained_positions: int | None = None) -> ImportanceController:
+    """Load a checkpoint; ``trained_positions`` (the training ``max_length``) completes checkpoints
+    written before the controller recorded it."""
+    checkpoint = torch.load(folder / "controller.pt", map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
+    if "trained_positions" not in state:
+        state["trained_positions"] = torch.tensor(trained_positions or checkpoint["config"]["max_positions"])
+    controller = ImportanceController(state["project.weight"].shape[1], ControllerConfig(**checkpoint["config"]))
+    controller.load_state_dict(state)
+    return controller.eval()
+
+
+def _missing(folder: Path, policy: ADORE, dataset: str) -> ConfigError:
+    return ConfigError(
+        f"no ADORE controller at {folder}; run `{_train_command(policy, dataset)}` or set method.train_if_missing=true"
+    )
+
+
+def check_controller_available(context: RunContext, policy: ADORE) -> None:
+    """Fail before loading the model when no controller exists and training is disabled, or when
+    one would be trained on a dataset without a train split."""
+    if policy.scorer == "oracle" or context.config.get("model", {}).get("adapter"):
+        return  # with an adapter the model's name (and so the folder) is only known after loading
+    dataset = training_dataset(policy, context)
+    folder = artifact_dir(policy, context.model_name, dataset)
+    if (folder / "controller.pt").is_file():
+        return
+    if not policy.train_if_missing:
+        raise _missing(folder, policy, dataset)
+    _require_trainable(policy, context)
+
+
+def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> None:
+    """Bind a trained controller to the policy (training it first when allowed), and merge the sparse
+    fine-tuning adapter when ``method.finetune`` is on."""
+    if policy.scorer == "oracle":
+        return
+    dataset = training_dataset(policy, context)
+    folder = artifact_dir(policy, loaded.name, dataset)
+    if not (folder / "controller.pt").is_file():
+        if not policy.train_if_missing:
+            raise _missing(folder, policy, dataset)
+        print(f"no controller for this configuration yet: training one into {folder}")
+        train_adore(context, loaded, policy)
+    if policy.finetune:
+        if not getattr(loaded.model, "_adore_adapter_merged", False):
+            loaded.model = merge_adapter(loaded.model, str(folder / "adapter"))
+            loaded.model._adore_adapter_merged = True
+        loaded.name = adapted_name(loaded.name, str(folder / "adapter"))
+    controller = load_controller(folder, policy.train["max_length"]).to(loaded.device)
+    policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
+    policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune}
+
+
+def train_summary(context: RunContext, loaded: LoadedModel, policy: ADORE) -> str:
+    """``task=train method=adore``: train into the artifact folder; the summary line."""
+    folder = train_adore(context, loaded, policy)
+    report = json.loads((folder / "training.json").read_text())
+    return (
+        f"controller saved to {folder}\n"
+        f"recall@{policy.m} of the true top-{policy.K} set on {report['held_out_sequences']} held-out sequences: "
+        f"{report['recall_at_m']:.3f} (random choice: {report['chance_recall_at_m']:.3f}); "
+        f"loss {report['epoch_losses'][0]:.3f} -> {report['epoch_losses'][-1]:.3f}; {report['seconds']} s"
+    )
+
+
+def adapted_name(name: str, adapter: str) -> str:
+    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
+    path = Path(adapter)
+    return f"{name}+lora:{path.parent.name}/{path.name}"

@@ -1,0 +1,130 @@
+"""ADORE's lightweight controller: a GRU over the frozen LLM's input embeddings that scores, for the
+current token ``t``, the importance ``sigma_{t,i}`` of every past token ``i``.
+
+Verified from the paper: a GRU-based controller predicts the importance of all input and generated
+tokens for the current token. From the summary in ``shared/seed``: ``z_i = GRU(x_i, z_{i-1})`` and
+``sigma_i = sigmoid(MLP(p_i + z_i))``. Our reading (README, "our reading of ADORE"):
+
+* ``x_i`` is the frozen LLM input embedding, projected down to ``width`` before the GRU;
+  ``p_i`` is a learned position embedding.
+* ``scorer="query_aware"`` (default) conditions the score on the current token, so a released token
+  can become important again, which is what makes rebuilding meaningful:
+  ``logit_{t,i} = MLP(u_i) + <W_q u_t, W_k u_i> / sqrt(width) + b(bucket(t - i))``, ``u = z + p``.
+* ``scorer="query_free"`` is the literal ``sigma_i = sigmoid(MLP(p_i + z_i))``.
+
+Per decoding step the cost is one GRU cell update plus ``O(t * width)`` for the scores (the
+per-token terms ``MLP(u_i)`` and ``W_k u_i`` are computed once, when token ``i`` arrives).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from adore import ConfigError
+
+SCORERS = ("query_aware", "query_free")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    width: int = 128
+    scorer: str = "query_aware"
+    max_positions: int = 8192
+    distance_buckets: int = 32
+
+    def __post_init__(self) -> None:
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"adore.controller.scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if self.width <= 0:
+            raise ConfigError(f"adore.controller.width must be positive, got {self.width}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distance_bucket(distance: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Exact buckets for distances 1..8, then logarithmic (T5-style), capped at ``buckets - 1``."""
+    distance = distance.clamp(min=1)
+    exact = distance - 1
+    log = 8 + (torch.log2(distance.float() / 8).clamp(min=0) * 4).long()
+    return torch.where(distance <= 8, exact, log).clamp(max=buckets - 1)
+
+
+class ImportanceController(nn.Module):
+    """Scores past tokens for the current one.
+
+    Shapes: ``E`` LLM embedding size, ``W`` controller width, ``T`` tokens, ``B`` batch.
+    """
+
+    def __init__(self, embed_dim: int, config: ControllerConfig):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.project = nn.Linear(embed_dim, width)
+        self.gru = nn.GRU(width, width, batch_first=True)
+        self.position = nn.Embedding(config.max_positions, width)
+        # Positions at or beyond the longest training sequence share its last trained embedding: rows
+        # past it were never trained and would score tokens at random (set by train_controller).
+        self.register_buffer("trained_positions", torch.tensor(config.max_positions))
+        self.token_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
+        if config.scorer == "query_aware":
+            self.query = nn.Linear(width, width, bias=False)
+            self.key = nn.Linear(width, width, bias=False)
+            self.distance_bias = nn.Embedding(config.distance_buckets, 1)
+            nn.init.zeros_(self.distance_bias.weight)
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def encode(
+        self, embeddings: torch.Tensor, positions: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the GRU over new tokens.
+
+        Args:
+            embeddings: ``[B, T, E]`` frozen LLM input embeddings of the new tokens.
+            positions: ``[B, T]`` their positions.
+            state: ``[1, B, W]`` GRU state after the previous tokens (``None``: start).
+        Returns:
+            ``u [B, T, W]`` (GRU output plus position embedding) and the new state ``[1, B, W]``.
+        """
+        z, state = self.gru(self.project(embeddings.to(self.project.weight.dtype)), state)
+        return z + self.position(torch.minimum(positions, self.trained_positions - 1)), state
+
+    def token_terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token terms, computed once per token: ``MLP(u) [B, T]`` and key ``[B, T, W]`` (or None)."""
+        static = self.token_mlp(u).squeeze(-1)
+        key = self.key(u) if self.config.scorer == "query_aware" else None
+        return static, key
+
+    def logits(
+        self,
+        query_u: torch.Tensor,
+        query_positions: torch.Tensor,
+        static: torch.Tensor,
+        keys: torch.Tensor | None,
+        key_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Importance logits of every key token for every query token.
+
+        Args:
+            query_u: ``[B, Q, W]`` states of the query (current) tokens.
+            query_positions: ``[B, Q]``; static: ``[B, T]``; keys: ``[B, T, W]``; key_positions: ``[B, T]``.
+        Returns:
+            ``[B, Q, T]`` logits (no masking: the caller masks ``i >= t``).
+        """
+        logits = static[:, None, :].expand(-1, query_u.shape[1], -1)
+        if self.config.scorer == "query_aware":
+            similarity = torch.einsum("bqw,btw->bqt", self.query(query_u), keys) / math.sqrt(self.config.width)
+            distance = query_positions[:, :, None] - key_positions[:, None, :]
+            bias = self.distance_bias(distance_bucket(distance, self.config.distance_buckets)).squeeze(-1)
+            logits = logits + similarity + bias
+        return logits
+
+    def pair_logits(self, embeddings: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of all pairs of one batch of sequences: ``[B, T, T]`` (training)."""
+        u, _ = self.encode(embeddings, positions)
+        static, keys = self.token_terms(u)
+        return self.logits(u, positions, static, keys, positions)

@@ -1,0 +1,81 @@
+"""Training labels for ADORE's controller: the ideal top-K set of every query.
+
+The LLM runs with full attention, teacher-forced, over a training sequence. The attention
+probabilities of every layer and query head are aggregated into one token-level matrix
+``A [T, T]`` (mean over layers and heads by default, ``max`` as an option), because ADORE keeps one
+token set for all layers. ``y_{t,i} = 1`` when ``i`` is among the ``K`` past tokens (``i < t``) of
+highest ``A[t, i]``.
+
+Cost: ``O(L * H * T^2)`` time, like the prefill itself, and ``O(T^2)`` memory for ``A``; the
+probabilities are computed in chunks of query rows (``AttentionView``), so the per-layer ``[H, T, T]``
+tensor is never materialised whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adore import AttentionView, ConfigError, DecodingEngine, KVPolicy, PolicyCache, PolicyLayer
+
+AGGREGATES = ("mean", "max")
+
+
+@dataclass
+class AttentionCollector(KVPolicy):
+    """A keep-everything policy that accumulates aggregated attention in ``cache.state["attention"]``."""
+
+    aggregate: str = "mean"
+
+    needs_scores = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"adore.labels.aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+
+    def observe(self, layer: PolicyLayer, attention: AttentionView) -> None:
+        B, K = attention.key.shape[0], attention.key.shape[2]
+        total = layer.owner.state.setdefault(
+            "attention", attention.key.new_zeros(B, attention.q_len, K, dtype=torch.float32)
+        )
+        for rows, probs in attention.row_chunks():
+            if self.aggregate == "mean":
+                total[:, rows.start : rows.stop] += probs.sum(dim=(1, 2))
+            else:
+                total[:, rows.start : rows.stop] = torch.maximum(
+                    total[:, rows.start : rows.stop], probs.amax(dim=(1, 2))
+                )
+        layer.owner.state["heads"] = layer.owner.state.get("heads", 0) + probs.shape[1] * probs.shape[2]
+
+
+@torch.inference_mode()
+def aggregated_attention(model: torch.nn.Module, token_ids: list[int], aggregate: str = "mean") -> torch.Tensor:
+    """``A [T, T]``: attention of query ``t`` to key ``i``, aggregated over all layers and heads."""
+    engine = DecodingEngine(model, AttentionCollector(aggregate=aggregate))
+    cache: PolicyCache = engine.new_cache()
+    ids = torch.tensor([token_ids], device=engine.device)
+    engine.forward(cache, ids, torch.arange(len(token_ids), device=engine.device)[None])
+    attention = cache.state["attention"][0]
+    return attention / cache.state["heads"] if aggregate == "mean" else attention
+
+
+def topk_past(attention: torch.Tensor, K: int, horizon: int = 1) -> torch.Tensor:
+    """Label matrix ``y [T, T]`` (bool): ``y[t, i]`` iff ``i`` is among the top-``K`` past tokens of ``t``
+    (``horizon=1``, the paper's target) or of any of the queries ``t .. t + horizon - 1`` (an
+    extension: a token needed a few steps later is not released now).
+
+    Rows with fewer than ``K`` past tokens label every past token positive.
+    """
+    if horizon < 1:
+        raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
+    T = attention.shape[0]
+    past = torch.ones(T, T, dtype=torch.bool, device=attention.device).tril(-1)
+    scores = attention.masked_fill(~past, float("-inf"))
+    top = scores.topk(min(K, T), dim=-1).indices
+    labels = torch.zeros(T, T, dtype=torch.bool, device=attention.device).scatter_(1, top, True) & past
+    union = labels.clone()
+    for shift in range(1, min(horizon, T)):
+        union[:-shift] |= labels[shift:]
+    return union & past

@@ -1,0 +1,1 @@
+"""Infrastructure: result rows, resume and sweeps, the run context every task opens with."""

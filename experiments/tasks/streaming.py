@@ -1,0 +1,105 @@
+"""The ``stream`` task: perplexity of a text fed token by token under a cache policy.
+
+This is StreamingLLM's long-text evaluation: one forward per token, the policy evicting after every
+step, the NLL of every next token recorded. ``task.chunk=C`` feeds ``C`` tokens per forward and
+evicts once per chunk: exact for ``full``, an approximation for evicting policies (a token may see
+up to ``C - 1`` tokens that token-by-token streaming would already have evicted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from adore import ConfigError, DecodingEngine, StepTimer
+from adore.core.plotting import new_figure, save_figure
+from experiments.data import dataset_options, load_samples
+from experiments.infra.results import clean_number
+from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.metrics import latency_percentiles
+
+
+@torch.inference_mode()
+def stream_nll(
+    engine: DecodingEngine, token_ids: list[int], chunk: int = 1, progress: bool = False
+) -> tuple[list[float], list[float], int]:
+    """NLL of tokens ``1 .. n-1`` given everything before them (under the policy).
+
+    Returns the per-token NLLs, the wall time of every forward, and the largest KV footprint in bytes.
+    """
+    if chunk <= 0:
+        raise ConfigError(f"task.chunk must be positive, got {chunk}")
+    if len(token_ids) < 2:
+        raise ConfigError("the text is shorter than two tokens: nothing to predict; give a longer text")
+    ids = torch.tensor([token_ids], device=engine.device)
+    cache = engine.new_cache()
+    nll: list[float] = []
+    timer = StepTimer(engine.device)
+    kv_peak = 0
+    last = len(token_ids) - 1  # the last token is only a target
+    with tqdm(total=last, desc="streaming", unit="tok", disable=not progress) as bar:
+        for start in range(0, last, chunk):
+            stop = min(start + chunk, last)
+            with timer.step():
+                logits = engine.forward(
+                    cache,
+                    ids[:, start:stop],
+                    torch.arange(start, stop, device=ids.device)[None],
+                    logits_to_keep=stop - start,
+                )
+            losses = torch.nn.functional.cross_entropy(
+                logits[0].float(), ids[0, start + 1 : stop + 1], reduction="none"
+            )
+            nll.extend(losses.tolist())
+            kv_peak = max(kv_peak, cache.kv_bytes())
+            bar.update(stop - start)
+    return nll, timer.seconds, kv_peak
+
+
+def window_perplexities(nll: list[float], window: int) -> list[dict[str, float]]:
+    """``exp(mean NLL)`` over consecutive windows of ``window`` predicted tokens."""
+    return [
+        {"start": start, "tokens": len(nll[start : start + window]),
+         "perplexity": math.exp(sum(nll[start : start + window]) / len(nll[start : start + window]))}
+        for start in range(0, len(nll), window)
+    ]  # fmt: skip
+
+
+def plot_windows(windows: list[dict[str, float]], path, title: str) -> None:
+    figure, axis = new_figure(figsize=(6, 3.5))
+    axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows], marker="o")
+    axis.set(xlabel="position (tokens)", ylabel="perplexity (window)", title=title, yscale="log")
+    save_figure(figure, path)
+
+
+def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
+    run, policy, spec = start_task(cfg, "stream")
+    options = dataset_options(cfg["dataset"])
+    max_tokens = options.pop("max_tokens", None)
+    (sample,) = load_samples(spec.name, 1, **options)
+    loaded = load_for(cfg, policy)
+    token_ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: max_tokens or None]
+    engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
+    run.save_config()
+    with PeakMemory(loaded.device) as memory:
+        nll, times, kv_peak = stream_nll(engine, token_ids, cfg["task"]["chunk"], progress=True)
+    windows = window_perplexities(nll, cfg["task"]["window"])
+    (run.run_dir / "nll.txt").write_text("\n".join(f"{value:.6f}" for value in nll) + "\n")
+    (run.run_dir / "windows.json").write_text(json.dumps(windows, indent=1))
+    plot_windows(windows, run.run_dir / "perplexity.png", f"{policy.method_name} on {sample.id}")
+    p50, p90 = latency_percentiles(times)
+    return run.finish(
+        policy,
+        loaded,
+        n_samples=1,
+        perplexity=clean_number(math.exp(sum(nll) / len(nll))),
+        decode_tok_s=clean_number(len(nll) / sum(times), 2),
+        ms_per_token_p50=clean_number(p50, 2),
+        ms_per_token_p90=clean_number(p90, 2),
+        peak_mem_mb=clean_number(memory.mb, 1),
+        kv_cache_mb=clean_number(kv_peak / 2**20, 3),
+    )

@@ -1,0 +1,580 @@
+"""The ``throughput`` task: decode speed and memory of every method on one model, side by side.
+
+For every point of a grid (context length x batch size) every method greedily decodes
+``new_tokens`` tokens after the same prompts (windows of a Gutenberg text, or seeded random ids),
+methods interleaved point by point so that drift of a shared machine hits them alike. Each
+(method, point) gives one row with ``task: throughput``: prefill tok/s, decode tok/s, per-step
+latency p50/p90, peak memory and KV bytes.
+
+Reference points measured in the same run:
+
+* ``hf_generate``: transformers' ``generate`` with its default ``DynamicCache``; steps are timed by a
+  logits processor that stamps every call (the engine's ``full`` should be within 10% of it);
+* a **roofline**: this machine's measured memory bandwidth divided by the bytes one decode step
+  must read (the weights once, plus every sequence's KV cache) bounds tokens/s from above.
+
+**Memory-budget packing** (the mechanism behind ADORE's reported +221.8%): for a KV budget, each
+method runs the largest batch whose decode-time KV fits, and the gain is
+``(thr_adore / thr_full - 1) * 100%``. The prompt's prefill holds the whole prompt for every method
+(the engine prefills with full attention, then evicts); packing budgets the decode-time cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from adore import ConfigError, DecodingEngine, KVPolicy, LoadedModel, StepTimer
+from experiments.infra.results import append_row, clean_number, config_hash, git_commit, make_row, new_run_id, read_rows
+from experiments.infra.runtime import PeakMemory, model_from_config, policy_from_config, prepare_policy
+from experiments.metrics import latency_percentiles
+from experiments.reporting.throughput_plots import method_label, plot_all
+
+HF_GENERATE = "hf_generate"
+CONF_METHODS = Path(__file__).resolve().parents[1] / "conf" / "method"
+
+
+# ---- arithmetic (tested against hand computations) ----------------------------------------------
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token occupies across all layers: ``L * 2 * H_kv * D * bytes``."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters a decode step reads (tied matrices counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for parameter in model.parameters():
+        if parameter.data_ptr() not in seen:
+            seen.add(parameter.data_ptr())
+            total += parameter.numel() * parameter.element_size()
+    return total
+
+
+def roofline_tok_s(bandwidth_bytes_s: float, weights: int, kv_bytes: int, batch_size: int) -> float:
+    """Best possible decode tokens/s if a step only had to stream its bytes from memory once:
+    the weights, plus the KV cache of all ``batch_size`` sequences (``kv_bytes`` for the batch)."""
+    return batch_size * bandwidth_bytes_s / (weights + kv_bytes)
+
+
+def decode_kv_tokens(policy: KVPolicy | None, context_length: int, new_tokens: int) -> int:
+    """Most tokens one sequence holds in the cache while decoding (prefill excluded): everything for
+    full attention, else the budget plus the tokens fed in one step (ADORE feeds ``R`` rebuilt
+    tokens with the current one)."""
+    total = context_length + new_tokens
+    budget = None if policy is None else policy.budget
+    if budget is None:
+        return total
+    return min(total, budget + policy.max_step_tokens)
+
+
+def largest_batch(kv_budget_bytes: int, bytes_per_sequence: int, max_batch: int) -> int:
+    """The largest batch (at most ``max_batch``) whose KV fits the budget; 0 when one sequence does not."""
+    if bytes_per_sequence <= 0:
+        raise ValueError("bytes_per_sequence must be positive")
+    return min(max_batch, kv_budget_bytes // bytes_per_sequence)
+
+
+def packing_gain(adore_tok_s: float, full_tok_s: float) -> float:
+    """The paper's throughput gain in percent: ``(thr_adore / thr_full - 1) * 100``."""
+    return (adore_tok_s / full_tok_s - 1.0) * 100.0
+
+
+@torch.inference_mode()
+def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s, STREAM-copy style: the best of ``repeats`` copies of a buffer
+    far larger than the caches, counting each byte read and written."""
+    elements = megabytes * 2**20 // 4
+    source = torch.ones(elements, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first copy warms up (page faults)
+        _synchronize(device)
+        began = time.perf_counter()
+        target.copy_(source)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - began)
+    return 2 * source.nbytes / best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release_memory() -> None:
+    """Return freed heap to the OS so the next block's resident-set peak is its own."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- methods and prompts ------------------------------------------------------------------------
+@dataclass
+class MethodSpec:
+    """A method of the run: its name and parameters (``conf/method/<name>.yaml`` defaults, then the
+    run's ``m`` and ``R``, then the entry's own keys)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # keys the entry set itself (shown in the label)
+
+    @property
+    def label(self) -> str:
+        shown = {k: v for k, v in self.params.items() if (k in ("m", "R") or k in self.overrides) and v is not None}
+        return self.name + "".join(f" {k}={v}" for k, v in shown.items())
+
+
+def method_specs(settings: dict[str, Any]) -> list[MethodSpec]:
+    from omegaconf import OmegaConf
+
+    specs = []
+    for entry in settings["methods"]:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        name = entry.pop("name", None)
+        if name == HF_GENERATE:
+            specs.append(MethodSpec(HF_GENERATE))
+            continue
+        file = CONF_METHODS / f"{name}.yaml"
+        if not file.is_file():
+            choices = ", ".join(sorted([p.stem for p in CONF_METHODS.glob("*.yaml")] + [HF_GENERATE]))
+            raise ConfigError(f"unknown method {name!r} in task.methods; choose from: {choices}")
+        params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(file)).items() if k != "name"}
+        for key in ("m", "R"):  # methods that ignore a key (full: m=null) keep their null
+            if params.get(key) is not None and settings.get(key) is not None:
+                params[key] = settings[key]
+        params.update(entry)
+        specs.append(MethodSpec(name, params, tuple(k for k in entry if k not in ("m", "R"))))
+    return specs
+
+
+def prompt_bank(loaded: LoadedModel, settings: dict[str, Any], tokens_needed: int) -> list[int]:
+    """Token ids to cut prompts from: a Gutenberg book (repeated to length), or seeded random ids."""
+    source = settings.get("text")
+    if source:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"task.text {source!r} does not exist; run `make setup` or set task.text=null")
+        ids = loaded.tokenizer(path.read_text(errors="replace"))["input_ids"]
+        return (ids * (tokens_needed // len(ids) + 1))[:tokens_needed]
+    generator = torch.Generator().manual_seed(settings.get("seed", 0))
+    return torch.randint(100, loaded.tokenizer.vocab_size, (tokens_needed,), generator=generator).tolist()
+
+
+def prompts_for(bank: list[int], context_length: int, batch_size: int) -> list[list[int]]:
+    """``batch_size`` prompts of ``context_length`` tokens, from different offsets of the bank."""
+    stride = max(1, (len(bank) - context_length) // max(1, batch_size))
+    return [bank[i * stride : i * stride + context_length] for i in range(batch_size)]
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    """One (method, context, batch) point."""
+
+    prefill_s: float
+    step_s: list[float]
+    batch_size: int
+    prompt_tokens: int
+    kv_bytes: int
+    peak_mem_mb: float
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.batch_size * len(self.step_s) / sum(self.step_s)
+
+
+class _StampEachToken:
+    """A logits processor that stamps the step timer: ``generate`` calls it once per new token."""
+
+    def __init__(self, timer: StepTimer):
+        self.timer = timer
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.timer.stamp()
+        return scores
+
+
+@torch.inference_mode()
+def hf_generate_run(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float], int]:
+    """transformers' ``generate`` (default cache, greedy, exactly ``new_tokens``): prefill seconds,
+    per-step seconds and the KV bytes of its cache at the end."""
+    from transformers import DynamicCache, LogitsProcessorList
+
+    device = loaded.device
+    ids = torch.tensor(prompts, device=device)
+    timer = StepTimer(device)
+    cache = DynamicCache(config=loaded.model.config)
+    timer.stamp()  # the start: the first interval is the prefill
+    loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        cache=cache,
+        logits_processor=LogitsProcessorList([_StampEachToken(timer)]),
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+    return timer.seconds[0], timer.seconds[1:], kv
+
+
+def measure(
+    loaded: LoadedModel,
+    spec: MethodSpec,
+    policy: KVPolicy | None,
+    prompts: list[list[int]],
+    new_tokens: int,
+    warmup_steps: int,
+    repeats: int,
+) -> Measurement:
+    """Decode ``new_tokens`` after ``prompts`` ``repeats`` times; the first ``warmup_steps`` steps of
+    every repeat are dropped, the prefill time is the median over repeats."""
+    prefills, steps, kv = [], [], 0
+    _release_memory()
+    with PeakMemory(loaded.device) as memory:
+        for _ in range(repeats):
+            if policy is None:
+                prefill_s, step_s, kv_bytes = hf_generate_run(loaded, prompts, new_tokens)
+            else:
+                engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
+                result = engine.generate(prompts, new_tokens)
+                prefill_s, step_s, kv_bytes = result.prefill_s, result.step_s, result.kv_peak_bytes
+            prefills.append(prefill_s)
+            steps.extend(step_s[warmup_steps:])
+            kv = max(kv, kv_bytes)
+    return Measurement(statistics.median(prefills), steps, len(prompts), sum(map(len, prompts)), kv, memory.mb)
+
+
+# Where a decode step's time goes: cumulative time (cProfile) of these functions of ``adore/``.
+_PROFILED = ("prepare_step", "update", "evict_uniform", "after_attention", "kv_policy_attention")
+
+
+def profile_decode(
+    loaded: LoadedModel, policy: KVPolicy, prompts: list[list[int]], new_tokens: int
+) -> dict[str, float]:
+    """Milliseconds per decode step by part: the policy's step preparation (ADORE: the controller and
+    the rebuild pick), the cache append and masks, eviction (plan + slicing), attention, and the rest
+    of the model; ``step`` is the whole step. A profiled one-token run is subtracted so the prefill
+    does not count. cProfile slows Python more than kernels: read the parts as shares."""
+    engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
+    prefill, _ = _profiled(lambda: engine.generate(prompts, 1))
+    total, result = _profiled(lambda: engine.generate(prompts, new_tokens))
+    steps = len(result.step_s)
+    ms = {name: 1000 * max(0.0, total[name] - prefill[name]) / steps for name in _PROFILED}
+    parts = {
+        "policy step (controller, rebuild pick)": ms["prepare_step"],
+        "cache append and masks": ms["update"],
+        "eviction (plan and slicing)": ms["evict_uniform"] + ms["after_attention"],
+        "attention": ms["kv_policy_attention"] - ms["after_attention"],
+    }
+    step = 1000 * sum(result.step_s) / steps
+    parts["rest of the model"] = max(0.0, step - sum(parts.values()))
+    return {**parts, "step": step}
+
+
+def _profiled(call) -> tuple[dict[str, float], Any]:
+    """Run ``call`` under cProfile: the cumulative seconds of each :data:`_PROFILED` function, and its result."""
+    import cProfile
+    import pstats
+
+    import adore
+
+    package = str(Path(adore.__file__).parent)
+    profiler = cProfile.Profile()
+    result = profiler.runcall(call)
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+    seconds = dict.fromkeys(_PROFILED, 0.0)
+    for (file, _, name), values in stats.items():
+        if name in seconds and file.startswith(package):
+            seconds[name] += values[3]
+    return seconds, result
+
+
+def run_profiles(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KVPolicy | None], bank: list[int],
+                 profile: dict[str, Any]) -> dict[str, dict[str, float]]:  # fmt: skip
+    """:func:`profile_decode` for every method of ``profile.methods`` at ``profile.context_length``, batch 1."""
+    out = {}
+    prompts = prompts_for(bank, profile["context_length"], 1)
+    for spec, policy in zip(specs, policies, strict=True):
+        if policy is not None and spec.name in profile["methods"]:
+            out[spec.label] = profile_decode(loaded, policy, prompts, profile["new_tokens"])
+    return out
+
+
+# ---- the task -----------------------------------------------------------------------------------
+@dataclass
+class ThroughputRun:
+    """One ``task=throughput`` invocation: its folder, rows and the shared fields of its rows."""
+
+    cfg: dict[str, Any]
+    loaded: LoadedModel
+    run_id: str = field(default_factory=new_run_id)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        path = Path(self.cfg["results_dir"]) / "runs" / self.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_row(self, task: str, spec: MethodSpec, policy: KVPolicy | None, point: Measurement,
+                  context_length: int, began: float) -> dict[str, Any]:  # fmt: skip
+        params = policy.describe() if policy is not None else {}
+        p50, p90 = latency_percentiles(point.step_s)
+        row = make_row(
+            run_id=f"{self.run_id}-{len(self.rows):03d}",
+            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            git_commit=git_commit(),
+            config_hash=config_hash(self.cfg),
+            task=task,
+            method=spec.name,
+            method_params=params,
+            m=params.get("m"),
+            R=params.get("R"),
+            dataset=Path(self.cfg["task"]["text"]).stem if self.cfg["task"].get("text") else "random-ids",
+            n_samples=point.batch_size,
+            model=self.loaded.name,
+            device=str(self.loaded.device),
+            dtype=str(self.loaded.dtype).removeprefix("torch."),
+            prefill_tok_s=clean_number(point.prompt_tokens / point.prefill_s, 2),
+            decode_tok_s=clean_number(point.decode_tok_s, 2),
+            ms_per_token_p50=clean_number(p50, 2),
+            ms_per_token_p90=clean_number(p90, 2),
+            peak_mem_mb=clean_number(point.peak_mem_mb, 1),
+            kv_cache_mb=clean_number(point.kv_bytes / 2**20, 3),
+            wall_s=round(time.perf_counter() - began, 2),
+            run_dir=str(self.run_dir),
+            context_length=context_length,
+            batch_size=point.batch_size,
+        )
+        append_row(self.cfg["results_dir"], row)
+        self.rows.append(row)
+        return row
+
+
+def _policies(cfg: dict[str, Any], loaded: LoadedModel, specs: list[MethodSpec]) -> list[KVPolicy | None]:
+    policies: list[KVPolicy | None] = []
+    for spec in specs:
+        if spec.name == HF_GENERATE:
+            policies.append(None)
+            continue
+        method = {"name": spec.name, **spec.params}
+        policy = policy_from_config(method, cfg)
+        prepare_policy({**cfg, "method": method}, loaded, policy)
+        policies.append(policy)
+    return policies
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    for key in ("context_lengths", "batch_sizes"):
+        values = settings[key]
+        if not values or any(not isinstance(v, int) or v <= 0 for v in values):
+            raise ConfigError(f"task.{key} must be a list of positive integers, got {values!r}")
+    if settings["new_tokens"] < 2 + settings["warmup_steps"]:
+        raise ConfigError("task.new_tokens must exceed task.warmup_steps + 1")
+    if settings["repeats"] <= 0:
+        raise ConfigError(f"task.repeats must be positive, got {settings['repeats']}")
+
+
+def _grid(settings: dict[str, Any]) -> Iterator[tuple[int, int]]:
+    skip = {(int(c), int(b)) for c, b in settings.get("skip") or []}
+    for batch_size in settings["batch_sizes"]:
+        for context_length in settings["context_lengths"]:
+            if (context_length, batch_size) not in skip:
+                yield context_length, batch_size
+
+
+def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Measure the grid, the roofline and (optionally) packing; write rows, ``summary.json``,
+    ``table.md`` and the plots into the run folder."""
+    settings = cfg["task"]
+    _check_settings(settings)
+    specs = method_specs(settings)
+    loaded = model_from_config(cfg)
+    policies = _policies(cfg, loaded, specs)
+    run = ThroughputRun(cfg, loaded)
+    (run.run_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+
+    grid = list(_grid(settings))
+    packing = settings.get("packing") or {}
+    profile_context = (settings.get("profile") or {}).get("context_length") or 0
+    longest = max([c for c, _ in grid] + [packing.get("context_length") or 0, profile_context]) + settings["new_tokens"]
+    bank = prompt_bank(loaded, settings, longest * max(settings["batch_sizes"] + [packing.get("max_batch") or 1]))
+    bandwidth = measure_bandwidth(loaded.device)
+    weights = weight_bytes(loaded.model)
+
+    # Warm every code path once (allocator, kernels, the controller) outside the timed points.
+    for spec, policy in zip(specs, policies, strict=True):
+        measure(loaded, spec, policy, prompts_for(bank, 64, 1), 4, 0, 1)
+
+    roofline: list[dict[str, Any]] = []
+    with tqdm(total=len(grid) * len(specs), desc="throughput", unit="point") as bar:
+        for context_length, batch_size in grid:
+            prompts = prompts_for(bank, context_length, batch_size)
+            for spec, policy in zip(specs, policies, strict=True):
+                bar.set_postfix_str(f"{spec.label} ctx={context_length} batch={batch_size}")
+                began = time.perf_counter()
+                point = measure(loaded, spec, policy, prompts, settings["new_tokens"], settings["warmup_steps"],
+                                settings["repeats"])  # fmt: skip
+                run.write_row("throughput", spec, policy, point, context_length, began)
+                best = roofline_tok_s(bandwidth, weights, point.kv_bytes, batch_size)
+                roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
+                                 "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
+                                 "fraction": point.decode_tok_s / best})  # fmt: skip
+                bar.update(1)
+
+    packed = run_packing(run, specs, policies, bank, packing, settings) if packing.get("kv_budget_mb") else None
+    profile = settings.get("profile") or {}
+    profiles = run_profiles(loaded, specs, policies, bank, profile) if profile.get("context_length") else {}
+    summary = {
+        "machine": machine_description(loaded.device),
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "weight_bytes": weights,
+        "kv_bytes_per_token": kv_bytes_per_token(loaded.model.config, loaded.dtype),
+        "roofline": roofline,
+        "packing": packed,
+        "profile": profiles,
+    }
+    print(write_outputs(run.run_dir, run.rows, summary, loaded.name))
+    return run.rows
+
+
+def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], model: str) -> str:
+    """``summary.json``, ``table.md`` and the figures of a run; returns the table."""
+    table = summary_table(rows, summary["roofline"], summary["packing"])
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / "table.md").write_text(table)
+    plot_all(rows, summary["packing"], summary["profile"], run_dir, model)
+    return table
+
+
+def refresh(run_dir: str | Path) -> str:
+    """Rebuild a finished run's table, packing gains and figures from its rows and ``summary.json``
+    (after a change to the summary or plotting code; nothing is measured again):
+    ``python -m experiments.throughput results/throughput/runs/<run_id>``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        raise ConfigError(f"{run_dir} has no summary.json; give the folder of a task=throughput run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [row for row in read_rows(run_dir.parent.parent) if str(row["run_id"]).startswith(run_dir.name + "-")]
+    if summary.get("packing"):
+        summary["packing"]["gain_percent"] = packing_gains(summary["packing"]["methods"])
+    return write_outputs(run_dir, rows, summary, rows[0]["model"])
+
+
+def run_packing(
+    run: ThroughputRun,
+    specs: list[MethodSpec],
+    policies: list[KVPolicy | None],
+    bank: list[int],
+    packing: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Each method at the largest batch whose decode-time KV fits ``packing.kv_budget_mb``."""
+    loaded = run.loaded
+    context_length, new_tokens = packing["context_length"], settings["new_tokens"]
+    budget = int(packing["kv_budget_mb"] * 2**20)
+    per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
+    wanted = set(packing.get("methods") or [spec.name for spec in specs])
+    out: dict[str, Any] = {"kv_budget_mb": packing["kv_budget_mb"], "context_length": context_length, "methods": []}
+    for spec, policy in zip(specs, policies, strict=True):
+        if spec.name not in wanted or spec.name == HF_GENERATE:
+            continue
+        per_sequence = per_token * decode_kv_tokens(policy, context_length, new_tokens)
+        batch = largest_batch(budget, per_sequence, packing["max_batch"])
+        entry = {"method": spec.label, "name": spec.name, "bytes_per_sequence": per_sequence, "batch_size": batch}
+        if batch > 0:
+            began = time.perf_counter()
+            point = measure(loaded, spec, policy, prompts_for(bank, context_length, batch), new_tokens,
+                            settings["warmup_steps"], settings["repeats"])  # fmt: skip
+            run.write_row("packing", spec, policy, point, context_length, began)
+            entry["decode_tok_s"] = point.decode_tok_s
+        out["methods"].append(entry)
+    out["gain_percent"] = packing_gains(out["methods"])
+    return out
+
+
+def packing_gains(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """The paper's gain over ``full`` of every ADORE variant that ran (the first is the headline)."""
+    full = next((e.get("decode_tok_s") for e in entries if e["name"] == "full"), None)
+    if not full:
+        return {}
+    return {e["method"]: packing_gain(e["decode_tok_s"], full) for e in entries
+            if e["name"] == "adore" and e.get("decode_tok_s")}  # fmt: skip
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
+    """Markdown: ``key`` by method (rows) and context length (columns), one table per batch size."""
+    grid = [row for row in rows if row["task"] == "throughput"]
+    out = []
+    for batch in sorted({row["batch_size"] for row in grid}):
+        cells: dict[str, dict[int, Any]] = {}
+        for row in (r for r in grid if r["batch_size"] == batch):
+            cells.setdefault(method_label(row), {})[row["context_length"]] = row[key]
+        contexts = sorted({c for values in cells.values() for c in values})
+        out += [f"| batch {batch}: {key} | " + " | ".join(map(str, contexts)) + " |",
+                "|---" * (len(contexts) + 1) + "|"]  # fmt: skip
+        out += [f"| {label} | " + " | ".join(str(values.get(c, "-")) for c in contexts) + " |"
+                for label, values in cells.items()]  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
+def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], packed: dict[str, Any] | None) -> str:
+    """Markdown: decode tokens/s by method and context; then tokens/s, memory and roofline fraction by
+    method, context and batch; then packing."""
+    lines = [speed_grid(rows), "| method | context | batch | prefill tok/s | decode tok/s | p50 ms | p90 ms | peak MB | KV MB | roofline |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fractions = iter(roofline)
+    for row in (r for r in rows if r["task"] == "throughput"):
+        fraction = next(fractions)["fraction"]
+        label = method_label(row)
+        lines.append(
+            f"| {label} | {row['context_length']} | {row['batch_size']} | {row['prefill_tok_s']} | "
+            f"{row['decode_tok_s']} | {row['ms_per_token_p50']} | {row['ms_per_token_p90']} | "
+            f"{row['peak_mem_mb']} | {row['kv_cache_mb']} | {fraction:.1%} |"
+        )
+    if packed:
+        lines += ["", f"Packing: KV budget {packed['kv_budget_mb']} MB at context {packed['context_length']}", "",
+                  "| method | batch | KV per sequence MB | decode tok/s |", "|---|---|---|---|"]  # fmt: skip
+        for entry in packed["methods"]:
+            speed = entry.get("decode_tok_s")
+            lines.append(f"| {entry['method']} | {entry['batch_size']} | {entry['bytes_per_sequence'] / 2**20:.2f} | "
+                         f"{'-' if speed is None else f'{speed:.2f}'} |")  # fmt: skip
+        for label, gain in (packed.get("gain_percent") or {}).items():
+            lines += ["", f"Gain of {label} over full: {gain:+.1f}%"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    for folder in sys.argv[1:]:
+        print(refresh(folder))
