@@ -358,43 +358,46 @@ def test_chat_prompts_in_the_chat_template():
 # ---- ADORE's training dataset ---------------------------------------------------------------------
 
 
-def adore_cfg(dataset: str, train_dataset: str | None = None, **dataset_options) -> dict:
-    return {
-        "dataset": {"name": dataset, "limit": None, **dataset_options},
-        "model": {"name": "smollm2-135m", "path": "models/smollm2-135m"},
-        "adore": {
-            "artifacts_dir": "artifacts", "train_dataset": train_dataset, "train_if_missing": True,
-            "finetune": False, "controller": {"width": 128}, "labels": {"aggregate": "mean", "horizon": 8},
-            "train": {"samples": 64}, "lora": {},
-        },
-    }  # fmt: skip
+def adore_cfg(dataset: str, **dataset_options) -> dict:
+    return {"dataset": {"name": dataset, "limit": None, **dataset_options},
+            "model": {"name": "smollm2-135m", "path": "models/smollm2-135m"}, "method": {"name": "adore"}}  # fmt: skip
 
 
 def test_adore_train_dataset_keys_the_artifacts():
-    from experiments.adore_training import _split, artifact_dir, check_trainable
+    from adore.methods import build_policy
+    from adore.release.artifacts import artifact_dir, training_dataset
+    from experiments.infra.runtime import HarnessTrainingData, run_context
 
-    aclsum = artifact_dir(adore_cfg("aclsum"), "smollm2-135m", 32)
+    policy = build_policy("adore")
+    aclsum = artifact_dir(policy, "smollm2-135m", training_dataset(policy, run_context(adore_cfg("aclsum"))))
     assert aclsum.parts[:4] == ("artifacts", "adore", "smollm2-135m", "aclsum")
-    without_key = adore_cfg("aclsum")
-    del without_key["adore"]["train_dataset"]  # configs from before the key: the same folder
-    assert artifact_dir(without_key, "smollm2-135m", 32) == aclsum
-    assert artifact_dir(adore_cfg("gutenberg", "aclsum", book="hamlet"), "smollm2-135m", 32) == aclsum
+    on_stream = build_policy("adore", train_dataset="aclsum")
+    context = run_context(adore_cfg("gutenberg", book="hamlet"))
+    assert artifact_dir(on_stream, "smollm2-135m", training_dataset(on_stream, context)) == aclsum
+    data = HarnessTrainingData(adore_cfg("gutenberg"))
     with pytest.raises(ConfigError, match=r"dataset 'gutenberg' has none; set method.train_dataset=aclsum"):
-        check_trainable(adore_cfg("gutenberg"))
+        data.check_trainable("gutenberg")
     with pytest.raises(ConfigError, match="method.train_dataset"):
-        check_trainable(adore_cfg("streameval"))
-    check_trainable(adore_cfg("sharegpt"))
-    samples = _split(adore_cfg("gutenberg", "aclsum", book="hamlet"), "train", 2)  # aclsum's own defaults
-    assert len(samples) == 2 and samples == load_samples("aclsum", 2, split="train")
+        data.check_trainable("streameval")
+    data.check_trainable("sharegpt")
+    samples = HarnessTrainingData(adore_cfg("gutenberg", book="hamlet")).samples("aclsum", "train", 2)
+    assert len(samples) == 2 and samples == load_samples("aclsum", 2, split="train")  # aclsum's own defaults
 
 
-def test_config_hash_unchanged_by_the_train_dataset_default():
-    from experiments.results import config_hash
+def test_config_hash_of_rows_written_before_adore_settings_moved():
+    """Rows hashed the old layout (a top-level ``adore:`` section); the new layout hashes the same."""
+    from adore.release.settings import SETTINGS_DEFAULTS
+    from experiments.infra.results import config_hash
 
-    cfg = adore_cfg("aclsum")
-    old = {**cfg, "adore": {k: v for k, v in cfg["adore"].items() if k != "train_dataset"}}
-    assert config_hash(cfg) == config_hash(old)
-    assert config_hash(adore_cfg("aclsum", "sharegpt")) != config_hash(old)
+    legacy_block = {k: v for k, v in SETTINGS_DEFAULTS.items() if k != "train_dataset"}
+    old_full = {**adore_cfg("aclsum"), "method": {"name": "full", "m": None}, "adore": legacy_block}
+    new_full = {**adore_cfg("aclsum"), "method": {"name": "full", "m": None}}
+    assert config_hash(new_full) == config_hash(old_full)
+    old_adore = {**adore_cfg("aclsum"), "method": {"name": "adore", "m": 64, "R": 4, "K": 32, "n_sink": 0,
+                 "scorer": "controller"}, "adore": {**legacy_block, "finetune": True}}  # fmt: skip
+    new_adore = {**adore_cfg("aclsum"), "method": {**old_adore["method"], **SETTINGS_DEFAULTS, "finetune": True}}
+    assert config_hash(new_adore) == config_hash(old_adore)
+    assert config_hash({**new_adore, "method": {**new_adore["method"], "finetune": False}}) != config_hash(old_adore)
 
 
 def test_accuracy_is_an_optional_row_key():

@@ -43,7 +43,7 @@ from experiments.metrics import latency_percentiles
 from experiments.reporting.throughput_plots import method_label, plot_all
 
 HF_GENERATE = "hf_generate"
-CONF_METHODS = Path(__file__).resolve().parents[1] / "conf" / "method"
+CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 
 # ---- arithmetic (tested against hand computations) ----------------------------------------------
