@@ -16,6 +16,7 @@ EVICTING = [
     ("streaming_llm", {"position_mode": "original"}),
     ("h2o", {}),
     ("kv_compression", {}),
+    ("knorm", {}),
 ]
 
 
@@ -85,7 +86,9 @@ def test_batch_equals_alone_on_smollm2_with_eviction(smollm2):
     assert engine.generate(prompts, 12).tokens == alone
 
 
-@pytest.mark.parametrize(("name", "m"), [("window", 10), ("streaming_llm", 10), ("h2o", 10), ("kv_compression", 10)])
+@pytest.mark.parametrize(
+    ("name", "m"), [("window", 10), ("streaming_llm", 10), ("h2o", 10), ("kv_compression", 10), ("knorm", 10)]
+)
 def test_cache_never_exceeds_budget(tiny_model, name, m):
     engine = DecodingEngine(tiny_model, build_policy(name, m=m))
     cache = engine.new_cache()

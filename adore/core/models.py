@@ -69,3 +69,9 @@ def merge_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+
+
+def adapted_name(name: str, adapter: str) -> str:
+    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
+    path = Path(adapter)
+    return f"{name}+lora:{path.parent.name}/{path.name}"

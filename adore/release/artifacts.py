@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from adore import ConfigError, LoadedModel, RunContext, merge_adapter
+from adore.core.models import adapted_name
 from adore.core.plotting import new_figure, save_figure
 
 from .controller import ControllerConfig, ImportanceController
@@ -199,9 +200,3 @@ def train_summary(context: RunContext, loaded: LoadedModel, policy: ADORE) -> st
         f"{report['recall_at_m']:.3f} (random choice: {report['chance_recall_at_m']:.3f}); "
         f"loss {report['epoch_losses'][0]:.3f} -> {report['epoch_losses'][-1]:.3f}; {report['seconds']} s"
     )
-
-
-def adapted_name(name: str, adapter: str) -> str:
-    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
-    path = Path(adapter)
-    return f"{name}+lora:{path.parent.name}/{path.name}"

@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from adore import ADAPTER_SCHEMES, ConfigError, KVPolicy, LoadedModel, RunContext, load_model, merge_adapter
+from adore.core.models import adapted_name
 from adore.methods import build_policy
 from experiments.data import DatasetSpec, dataset_options, dataset_spec, load_samples
 from experiments.infra.results import append_row, config_hash, git_commit, make_row, new_run_id
@@ -110,12 +111,6 @@ def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
         loaded.model = merge_adapter(loaded.model, adapter)
         loaded.name = adapted_name(loaded.name, adapter)
     return loaded
-
-
-def adapted_name(name: str, adapter: str) -> str:
-    """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
-    path = Path(adapter)
-    return f"{name}+lora:{path.parent.name}/{path.name}"
 
 
 class PeakMemory:
