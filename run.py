@@ -156,51 +156,18 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
         config = dataset_task(config)
-        task = config["task"]["name"]
         from experiments.infra.sweep import resume_check
+        from experiments.infra.tasks import task_spec
 
+        task = task_spec(config["task"]["name"])
         config, skip = resume_check(config)  # before any model loads; the same dict Run.finish hashes
         if skip:
             print(skip)
             return
-        if task == "generate":
-            from experiments.reporting.report import markdown_table
-            from experiments.tasks.generation import run_generation
-
-            row = run_generation(config)
-            print(markdown_table([row]))
-            if row.get("accuracy") is not None:
-                print(f"exact-match accuracy of the final number: {row['accuracy']}%")
-        elif task == "stream":
-            from experiments.tasks.streaming import run_stream
-
-            row = run_stream(config)
-            print(
-                f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
-            )
-        elif task == "streameval":
-            from experiments.tasks.streameval import run_streameval
-
-            row = run_streameval(config)
-            print(f"StreamEval accuracy {row['accuracy']}% on {row['n_samples']} queries; curve in {row['run_dir']}")
-        elif task == "train":
-            from experiments.tasks.train import run_train
-
-            run_train(config)
-        elif task == "parity":
-            from experiments.tasks.parity import run_parity
-
-            run_parity(config)
-        elif task == "throughput":
-            from experiments.tasks.throughput import run_throughput
-
-            run_throughput(config)
-        elif task == "report":
-            from experiments.reporting.report import run_report
-
-            run_report(config)
-        else:
-            fail(f"unknown task {task!r}; choose one of: {', '.join(_choices('task'))}")
+        result = task.run(config)
+        line = task.summary(result) if task.summary else None
+        if line:
+            print(line)
     except HarnessError as error:
         fail(str(error))
 

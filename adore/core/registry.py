@@ -25,7 +25,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
-        if name in self._entries and self._entries[name] is not entry:
+        if name in self._entries and self._entries[name] != entry:
             raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r}, {entry!r})")
         self._entries[name] = entry
         return entry

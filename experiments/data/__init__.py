@@ -1,6 +1,7 @@
 """Dataset registry: name -> loader returning :class:`Sample` s, with one-line errors.
 
-A dataset module registers its loader with ``@register_dataset(name, task=..., prompt=...)``.
+A dataset module registers its loader with ``@register_dataset(name, task=..., prompt=...)`` (a name
+registered twice is refused); the modules of this package are imported on the first lookup.
 Every method sees the same prompt: the dataset's documented template, wrapped in the model's
 chat template (see :func:`experiments.prompting.build_prompt_ids`).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adore import ConfigError
+from adore import ConfigError, Registry
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class DatasetSpec:
     description: str = ""
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset", hint="(files in conf/dataset/)")
 
 
 def data_folder(name: str, given: str | None = None) -> Path:
@@ -53,7 +54,7 @@ def data_folder(name: str, given: str | None = None) -> Path:
 
 def register_dataset(name: str, task: str, prompt: str = "", description: str = ""):
     def decorate(loader: Callable[..., list[Sample]]) -> Callable[..., list[Sample]]:
-        _DATASETS[name] = DatasetSpec(name, task, prompt, loader, description)
+        DATASETS.add(name, DatasetSpec(name, task, prompt, loader, description))
         return loader
 
     return decorate
@@ -66,14 +67,12 @@ def _load_modules() -> None:
 
 def available_datasets() -> list[str]:
     _load_modules()
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     _load_modules()
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
 
 
 def load_samples(name: str, limit: int | None = None, **options: Any) -> list[Sample]:

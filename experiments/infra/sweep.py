@@ -17,19 +17,7 @@ from typing import Any
 
 from adore import ConfigError
 from experiments.infra.results import config_hash, read_rows
-
-# Tasks whose rows can be predicted from the config before running: task -> the configs whose hashes
-# its rows carry. A task that writes a variable number of rows per run (throughput: one per method,
-# context and batch) is not listed, so it always runs.
-RESUMABLE_TASKS = {
-    "generate": lambda config: [config],
-    "stream": lambda config: [config],
-    "streameval": lambda config: [config],
-    # run_parity writes one row per side, each with its own method in the hashed config.
-    "parity": lambda config: [{**config, "method": {"name": name}} for name in ("hf_generate", "full")],
-}
-# Tasks whose config["method"] builds the policy (their ignored parameters are made canonical).
-POLICY_TASKS = ("generate", "stream", "streameval")
+from experiments.infra.tasks import task_spec
 
 
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +27,7 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
     (``full`` and ``topk`` take ``m`` only so that sweeps over ``method.m`` can include them). Nothing
     else changes, so rows written before this existed keep their hashes.
     """
-    if config["task"]["name"] not in POLICY_TASKS:
+    if not task_spec(config["task"]["name"]).uses_policy:
         return config
     from experiments.infra.runtime import policy_from_config
 
@@ -56,8 +44,9 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
 def _describe(config: dict[str, Any]) -> str:
     task = config["task"]["name"]
     dataset = config["dataset"]["name"]
-    if task == "parity":
-        return f"parity (engine full against hf_generate) on {dataset}"
+    spec = task_spec(task)
+    if not spec.uses_policy:
+        return f"{spec.title or task} on {dataset}"
     params = " ".join(f"{k}={v}" for k, v in config["method"].items() if k != "name" and v is not None)
     return (
         f"{config['method']['name']} {params}".strip()
@@ -73,12 +62,13 @@ def resume_check(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if not isinstance(force, bool):
         raise ConfigError(f"force must be true or false, got {force!r}")
     task = config["task"]["name"]
-    if task not in RESUMABLE_TASKS:
+    spec = task_spec(task)
+    if not spec.resumable:
         return config, None
     config = canonical_config(config)
     if force:
         return config, None
-    wanted = [config_hash(c) for c in RESUMABLE_TASKS[task](config)]
+    wanted = [config_hash(c) for c in spec.rows_of(config)]
     have = {
         row.get("config_hash") for row in read_rows(config["results_dir"], on_error="warn") if row.get("task") == task
     }

@@ -30,6 +30,7 @@ from typing import Any
 
 from adore.core.plotting import new_figure
 from experiments.infra.results import RUNS_FILE, read_rows
+from experiments.infra.tasks import all_tasks, register_task
 
 COLUMNS = (
     ("method", "method"), ("model", "model"), ("m", "m"), ("R", "R"), ("extra", "other parameters"),
@@ -54,12 +55,7 @@ AXIS_LABELS = {
 }  # fmt: skip
 IDENTITY = ("method", "model", "m", "R", "params", "n_samples")
 QUALITY = ("rougeL", "bertscore_f1", "accuracy")
-# Metric columns of each task's table, in order; columns without a single value are left out.
-TASK_METRICS = {
-    "generate": ("rougeL", "bertscore_f1", "bleu", "accuracy", "decode_tok_s", "kv_cache_mb"),
-    "stream": ("perplexity", "decode_tok_s", "kv_cache_mb"),
-    "throughput": ("context_length", "batch_size", "prefill_tok_s", "decode_tok_s", "peak_mem_mb", "kv_cache_mb"),
-}  # fmt: skip
+# Metric columns of a task that declares none (its TaskSpec.metrics); columns without a value are left out.
 OTHER_METRICS = ("accuracy", "rougeL", "bertscore_f1", "bleu", "perplexity", "prefill_tok_s", "decode_tok_s",
                  "ms_per_token_p50", "peak_mem_mb", "kv_cache_mb")  # fmt: skip
 # One colour per method in every figure (variants of a method differ by marker and line style).
@@ -180,11 +176,18 @@ def _integral(series) -> Any:
     return series
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metric columns a task declares (:class:`~experiments.infra.tasks.TaskSpec`), else the general ones;
+    rows of a task that no longer exists keep the general columns."""
+    known = {spec.name: spec.metrics for spec in all_tasks()}
+    return known.get(task) or OTHER_METRICS
+
+
 def table_frame(frame, task: str, dataset: str):
     """One task's rows on one dataset: identity columns, then the metrics that have a value (row keys
     as column names, full precision)."""
     rows = frame[(frame["task"] == task) & (frame["dataset"] == dataset)]
-    metrics = [k for k in TASK_METRICS.get(task, OTHER_METRICS) if k in rows and rows[k].notna().any()]
+    metrics = [k for k in task_metrics(task) if k in rows and rows[k].notna().any()]
     table = rows[[*IDENTITY, *metrics]].reset_index(drop=True).copy()
     for key in ("m", "R", "n_samples", "context_length", "batch_size"):
         if key in table:
@@ -518,6 +521,7 @@ def save_figures(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
 # -------------------------------------------------------------------------------------------- task
 
 
+@register_task("report")  # prints its own table
 def run_report(cfg: dict[str, Any]) -> str:
     results_dir = Path(cfg["results_dir"])
     rows = report_rows(results_dir)

@@ -12,6 +12,7 @@ from adore import ConfigError, DecodingEngine
 from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.infra.tasks import register_task
 from experiments.metrics import (
     bertscore_f1,
     corpus_bleu,
@@ -24,6 +25,22 @@ from experiments.metrics import (
 from experiments.prompting import build_prompt_ids
 
 
+def _summary(row: dict[str, Any]) -> str:
+    from experiments.reporting.report import markdown_table
+
+    accuracy = row.get("accuracy")
+    return markdown_table([row]) + (
+        f"\nexact-match accuracy of the final number: {accuracy}%" if accuracy is not None else ""
+    )
+
+
+@register_task(
+    "generate",
+    resumable=True,
+    uses_policy=True,
+    metrics=("rougeL", "bertscore_f1", "bleu", "accuracy", "decode_tok_s", "kv_cache_mb"),
+    summary=_summary,
+)
 def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one method on one dataset; append the row and return it."""
     if cfg["max_new_tokens"] <= 0:

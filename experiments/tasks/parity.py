@@ -18,6 +18,7 @@ from adore.methods import build_policy
 from experiments.data import dataset_options, dataset_spec, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, Run, model_from_config
+from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.prompting import build_prompt_ids
 
@@ -35,6 +36,12 @@ class _StampEachPut(BaseStreamer):
         pass
 
 
+def _parity_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per side, each with its own method in the hashed config."""
+    return [{**config, "method": {"name": name}} for name in ("hf_generate", "full")]
+
+
+@register_task("parity", resumable=_parity_rows, title="parity (engine full against hf_generate)")
 def run_parity(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     spec = dataset_spec(cfg["dataset"]["name"])
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))

@@ -23,6 +23,7 @@ from adore.core.plotting import new_figure, save_figure
 from experiments.data import Sample, dataset_options, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 
 _LEADING_NUMBER = re.compile(r"\s*(\d+)")
@@ -119,6 +120,14 @@ def plot_accuracy(records: list[dict[str, Any]], bins: list[dict[str, Any]], pat
     save_figure(figure, path)
 
 
+@register_task(
+    "streameval",
+    resumable=True,
+    uses_policy=True,
+    summary=lambda row: (
+        f"StreamEval accuracy {row['accuracy']}% on {row['n_samples']} queries; curve in {row['run_dir']}"
+    ),
+)
 def run_streameval(cfg: dict[str, Any]) -> dict[str, Any]:
     run, policy, spec = start_task(cfg, "streameval")
     task = cfg["task"]

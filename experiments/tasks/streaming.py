@@ -20,6 +20,7 @@ from adore.core.plotting import new_figure, save_figure
 from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 
 
@@ -76,6 +77,15 @@ def plot_windows(windows: list[dict[str, float]], path, title: str) -> None:
     save_figure(figure, path)
 
 
+@register_task(
+    "stream",
+    resumable=True,
+    uses_policy=True,
+    metrics=("perplexity", "decode_tok_s", "kv_cache_mb"),
+    summary=lambda row: (
+        f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
+    ),
+)
 def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
     run, policy, spec = start_task(cfg, "stream")
     options = dataset_options(cfg["dataset"])

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from adore import ConfigError, DecodingEngine, KVPolicy, LoadedModel, StepTimer
 from experiments.infra.results import append_row, clean_number, config_hash, git_commit, make_row, new_run_id, read_rows
 from experiments.infra.runtime import PeakMemory, model_from_config, policy_from_config, prepare_policy
+from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.reporting.throughput_plots import method_label, plot_all
 
@@ -402,6 +403,11 @@ def _grid(settings: dict[str, Any]) -> Iterator[tuple[int, int]]:
                 yield context_length, batch_size
 
 
+# Not resumable: a run writes one row per method, context and batch it measures.
+@register_task(
+    "throughput",
+    metrics=("context_length", "batch_size", "prefill_tok_s", "decode_tok_s", "peak_mem_mb", "kv_cache_mb"),
+)
 def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Measure the grid, the roofline and (optionally) packing; write rows, ``summary.json``,
     ``table.md`` and the plots into the run folder."""

@@ -7,8 +7,10 @@ from typing import Any
 
 from adore import KVPolicy
 from experiments.infra.runtime import model_from_config, policy_from_config, run_context
+from experiments.infra.tasks import register_task
 
 
+@register_task("train")
 def run_train(cfg: dict[str, Any]) -> str:
     policy = policy_from_config(cfg["method"], cfg)
     context = run_context(cfg)

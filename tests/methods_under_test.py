@@ -1,0 +1,74 @@
+"""The one list of methods under test: every registered method, with the variants worth testing.
+
+A method is under test by default (built from its defaults plus ``m``): adding a method file enrols
+it in every generic test of ``tests/test_methods.py`` without editing a test. A method with several
+modes, a parameter other than ``m`` that bounds it (``topk``'s ``K``) or a learned part (ADORE's
+controller) gets explicit cases in :data:`VARIANTS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from adore import KVPolicy
+from adore.methods import available_methods, build_policy
+
+
+def bind_random_controller(policy: KVPolicy, model: torch.nn.Module) -> KVPolicy:
+    """ADORE with a seeded, untrained controller: its keep-sets are arbitrary but deterministic,
+    which is all the generic tests need (training is tested in ``test_adore.py``)."""
+    from adore.release.controller import ControllerConfig, ImportanceController
+
+    torch.manual_seed(0)
+    controller = ImportanceController(model.config.hidden_size, ControllerConfig(width=16))
+    return policy.bind(controller, model.get_input_embeddings())
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    """One method configuration under test.
+
+    Attributes:
+        name: the registered method.
+        params: fixed parameters of this variant.
+        bound_by: the parameter that bounds what the method keeps or reads (``m``; ``K`` for
+            ``topk``; ``None`` for a method that keeps everything).
+        ready: makes a built policy usable on a model (e.g. binds ADORE's controller).
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    bound_by: str | None = "m"
+    ready: Callable[[KVPolicy, torch.nn.Module], KVPolicy] | None = None
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.name, *(f"{k}={v}" for k, v in self.params.items())])
+
+    def build(self, model: torch.nn.Module, bound: int | None = None) -> KVPolicy:
+        """The policy, bounded by ``bound`` (tokens kept, or read for ``topk``) where it has a bound."""
+        params = dict(self.params)
+        if self.bound_by is not None and bound is not None:
+            params[self.bound_by] = bound
+        policy = build_policy(self.name, **params)
+        return self.ready(policy, model) if self.ready else policy
+
+
+VARIANTS = [
+    MethodCase("full", bound_by=None),
+    MethodCase("topk", bound_by="K"),
+    MethodCase("streaming_llm", {"position_mode": "cache"}),
+    MethodCase("streaming_llm", {"position_mode": "original"}),
+    MethodCase("adore", {"R": 0, "K": 4}, ready=bind_random_controller),
+    MethodCase("adore", {"R": 3, "K": 4}, ready=bind_random_controller),
+    MethodCase("adore", {"R": 3, "K": 4, "slicing": "matmul"}, ready=bind_random_controller),
+    MethodCase("adore", {"R": 0, "K": 4, "scorer": "oracle"}),
+]
+
+METHOD_CASES = VARIANTS + [
+    MethodCase(name) for name in available_methods() if name not in {case.name for case in VARIANTS}
+]
