@@ -44,10 +44,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # ``from adore import build_policy`` worked before the catalog moved to ``adore.methods``; kept
-    # for one release, imported on first use only (the core itself never imports a method).
+    # The catalog moved to ``adore.methods``; importing it from here would make the package that
+    # every method imports import every method (a cycle), so the old name is a pointer, not an alias.
     if name in ("build_policy", "available_methods"):
-        from . import methods
-
-        return getattr(methods, name)
+        raise AttributeError(f"adore.{name} moved: use `from adore.methods import {name}`")
     raise AttributeError(f"module 'adore' has no attribute {name!r}")
