@@ -172,3 +172,20 @@ def test_notebook_regenerates_the_figures(tmp_path, monkeypatch):
     for stem in FIGURES:
         assert (tmp_path / "figures" / f"{stem}.pdf").is_file()
     assert (tmp_path / "tables" / "generate_aclsum.tex").is_file()
+
+
+def test_a_parameter_swept_at_a_fixed_budget_gets_a_figure_and_one_derived_from_m_does_not():
+    from experiments.reporting.report import swept_parameters
+
+    def row(method: str, m: int, **params):
+        return make_row(run_id=f"{method}-{m}-{params}", task="generate", method=method,
+                        method_params={"m": m, **params}, m=m, dataset="aclsum", n_samples=4, model=MODEL,
+                        rougeL=10.0 + sum(params.values()), decode_tok_s=20.0)  # fmt: skip
+
+    rows = [row("h2o", 64, heavy_ratio=r) for r in (0.25, 0.5, 0.75)]
+    rows += [row("kv_compression", m, recent=m // 4) for m in (32, 64, 128)]  # follows m: not a sweep
+    frame = load_frame(".", rows)
+    assert swept_parameters(frame) == [("h2o", "heavy_ratio")]
+    figures, _ = build_figures(frame, ".")
+    assert f"h2o_vs_heavy_ratio_aclsum_{MODEL}" in figures
+    assert not any(stem.startswith("kv_compression_vs") for stem in figures)

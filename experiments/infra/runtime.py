@@ -173,24 +173,54 @@ class Run:
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2, default=str))
 
     def finish(self, policy: KVPolicy, loaded: LoadedModel, **metrics: Any) -> dict[str, Any]:
-        params = policy.describe()
-        row = make_row(
+        row = build_row(
+            self.cfg,
             run_id=self.run_id,
-            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            git_commit=git_commit(),
-            config_hash=config_hash(self.cfg),
             task=self.task,
             method=self.cfg["method"]["name"],
-            method_params=params,
-            m=params.get("m"),
-            R=params.get("R"),
+            policy=policy,
             dataset=self.cfg["dataset"]["name"],
-            model=loaded.name,
-            device=str(loaded.device),
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            wall_s=round(time.perf_counter() - self.started, 2),
-            run_dir=str(self.run_dir),
+            loaded=loaded,
+            started=self.started,
+            run_dir=self.run_dir,
             **metrics,
         )
         append_row(self.results_dir, row)
         return row
+
+
+def build_row(
+    cfg: dict[str, Any],
+    *,
+    run_id: str,
+    task: str,
+    method: str,
+    policy: KVPolicy | None,
+    dataset: str,
+    loaded: LoadedModel,
+    started: float,
+    run_dir: Path,
+    **metrics: Any,
+) -> dict[str, Any]:
+    """The one row builder of every task: the fields that identify a run (config hash, commit,
+    method and its parameters, model, device, wall time since ``started``) plus the task's ``metrics``.
+    ``policy`` is ``None`` for a reference that is not a policy (``hf_generate``)."""
+    params = policy.describe() if policy is not None else {}
+    return make_row(
+        run_id=run_id,
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        git_commit=git_commit(),
+        config_hash=config_hash(cfg),
+        task=task,
+        method=method,
+        method_params=params,
+        m=params.get("m"),
+        R=params.get("R"),
+        dataset=dataset,
+        model=loaded.name,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        wall_s=round(time.perf_counter() - started, 2),
+        run_dir=str(run_dir),
+        **metrics,
+    )

@@ -11,7 +11,8 @@ then writes::
                                                            streaming figure's data, kept with the tables)
     <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
         quality_vs_m           ROUGE-L, BERTScore-F1 (and accuracy) against the budget m, a line per method
-        adore_vs_R             ADORE's quality and decode tok/s against the rebuild count R, a line per m
+        <method>_vs_<param>    a method's quality and decode tok/s against any swept parameter
+                               (e.g. adore_vs_R), a line per m
         stream_perplexity      perplexity per window against position (each stream run's windows.json)
         throughput_vs_context  decode tok/s against context length, a line per method, a panel per batch size
 
@@ -371,25 +372,49 @@ def quality_vs_m(frame, dataset: str, model: str):
     return figure
 
 
-def adore_vs_R(frame, dataset: str, model: str):
-    """ADORE's quality and decode throughput against the rebuild count R, a line per budget m.
-    ``None`` unless ADORE ran at two or more values of R."""
-    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)
-                 & (frame["method"] == "adore") & frame["R"].notna()]  # fmt: skip
-    if rows["R"].nunique() < 2:
-        return None
-    metrics = [k for k in (*QUALITY, "decode_tok_s") if rows[k].notna().any()]
-    labels = _variant_labels(rows, axis=("R",))
-    styles = _styles(labels, rows)
-    figure, axes = _new_figure(len(metrics), len(set(labels.values())))
-    for axis, metric in zip(axes, metrics, strict=True):
-        _plot_series(axis, rows, labels, styles, "R", metric)
-        axis.set_xticks(sorted({int(r) for r in rows["R"]}))
-        axis.set(xlabel="rebuilt tokens per step R", ylabel=AXIS_LABELS[metric])
-        axis.grid(alpha=0.3)
-    figure.suptitle(f"ADORE against rebuild count R: {model} on {dataset}{_sample_note(rows)}")
-    _legend(figure, axes)
-    return figure
+def swept_parameters(rows) -> list[tuple[str, str]]:
+    """``(method, parameter)`` for every numeric method parameter other than ``m`` that takes two or
+    more values among one method's rows at the same budget (ADORE's ``R``, H2O's ``heavy_ratio``; not
+    a parameter derived from m, such as Scissorhands' ``recent = m // 4``)."""
+    swept = []
+    for method, group in rows.groupby("method", sort=True):
+        values: dict[tuple[str, Any], set] = {}
+        for record in group.to_dict("records"):
+            params = method_params(record)
+            for key, value in params.items():
+                if key != "m" and isinstance(value, int | float) and not isinstance(value, bool):
+                    values.setdefault((key, params.get("m")), set()).add(value)
+        keys = {key for (key, _), seen in values.items() if len(seen) >= 2}
+        swept += [(str(method), key) for key in sorted(keys)]
+    return swept
+
+
+def quality_vs_parameters(frame, dataset: str, model: str) -> dict[str, Any]:
+    """For every swept method parameter (:func:`swept_parameters`): that method's quality and decode
+    throughput against the parameter, a line per budget m. ``{"<method>_vs_<parameter>": Figure}``."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)]
+    figures = {}
+    for method, parameter in swept_parameters(rows):
+        own = rows[rows["method"] == method].copy()
+        own[parameter] = [method_params(record).get(parameter) for record in own.to_dict("records")]
+        own = own[own[parameter].notna()]
+        metrics = [k for k in (*QUALITY, "decode_tok_s") if own[k].notna().any()]
+        if not metrics:
+            continue
+        labels = _variant_labels(own, axis=(parameter,))
+        styles = _styles(labels, own)
+        figure, axes = _new_figure(len(metrics), len(set(labels.values())))
+        values = sorted(set(own[parameter]))
+        for axis, metric in zip(axes, metrics, strict=True):
+            _plot_series(axis, own, labels, styles, parameter, metric)
+            if all(float(v).is_integer() for v in values) and len(values) <= 12:
+                axis.set_xticks(values)
+            axis.set(xlabel=f"method.{parameter}", ylabel=AXIS_LABELS[metric])
+            axis.grid(alpha=0.3)
+        figure.suptitle(f"{method} against {parameter}: {model} on {dataset}{_sample_note(own)}")
+        _legend(figure, axes)
+        figures[f"{method}_vs_{parameter}"] = figure
+    return figures
 
 
 def _windows_table(results_dir: Path, dataset: Any) -> Path:
@@ -477,7 +502,8 @@ def throughput_vs_context(frame, dataset: str, model: str):
 # What each figure needs, said when none could be drawn.
 NEEDS = {
     "quality_vs_m": "generate rows at a cache budget m (e.g. python run.py -m +experiment=sweep_m)",
-    "adore_vs_R": "ADORE generate rows at two or more R (python run.py -m +experiment=sweep_R)",
+    "parameter_sweeps": "generate rows of one method at two or more values of a parameter other than m "
+    "(python run.py -m method=adore method.R=0,4,8)",
     "stream_perplexity": "stream rows with their windows.json (python run.py -m +experiment=paper_stream)",
     "throughput_vs_context": "task=throughput rows (python run.py task=throughput)",
 }
@@ -488,7 +514,7 @@ def build_figures(frame, results_dir: str | Path) -> tuple[dict[str, Any], list[
     figures: dict[str, Any] = {}
     makers = {
         "quality_vs_m": ("generate", quality_vs_m),
-        "adore_vs_R": ("generate", adore_vs_R),
+        "parameter_sweeps": ("generate", quality_vs_parameters),
         "stream_perplexity": ("stream", lambda f, d, m: stream_perplexity(f, d, m, results_dir)),
         "throughput_vs_context": ("throughput", throughput_vs_context),
     }
@@ -497,10 +523,13 @@ def build_figures(frame, results_dir: str | Path) -> tuple[dict[str, Any], list[
         pairs = [] if frame.empty else frame[frame["task"] == task][["dataset", "model"]].drop_duplicates()
         made = 0
         for dataset, model in [] if len(pairs) == 0 else pairs.itertuples(index=False):
-            figure = make(frame, dataset, model)
-            if figure is not None:
-                figures[f"{name}_{_slug(dataset)}_{_slug(model)}"] = figure
-                made += 1
+            made_here = make(frame, dataset, model)
+            # A maker returns one figure (named after it) or several, named by what they show.
+            named = made_here if isinstance(made_here, dict) else {name: made_here}
+            for stem, figure in named.items():
+                if figure is not None:
+                    figures[f"{stem}_{_slug(dataset)}_{_slug(model)}"] = figure
+                    made += 1
         if not made:
             skipped.append(f"figure {name} skipped: needs {NEEDS[name]}")
     return figures, skipped

@@ -37,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from adore import ConfigError, DecodingEngine, KVPolicy, LoadedModel, StepTimer
-from experiments.infra.results import append_row, clean_number, config_hash, git_commit, make_row, new_run_id, read_rows
-from experiments.infra.runtime import PeakMemory, model_from_config, policy_from_config, prepare_policy
+from experiments.infra.results import append_row, clean_number, new_run_id, read_rows
+from experiments.infra.runtime import PeakMemory, build_row, model_from_config, policy_from_config, prepare_policy
 from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.reporting.throughput_plots import method_label, plot_all
@@ -338,31 +338,24 @@ class ThroughputRun:
 
     def write_row(self, task: str, spec: MethodSpec, policy: KVPolicy | None, point: Measurement,
                   context_length: int, began: float) -> dict[str, Any]:  # fmt: skip
-        params = policy.describe() if policy is not None else {}
         p50, p90 = latency_percentiles(point.step_s)
-        row = make_row(
+        row = build_row(
+            self.cfg,
             run_id=f"{self.run_id}-{len(self.rows):03d}",
-            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            git_commit=git_commit(),
-            config_hash=config_hash(self.cfg),
             task=task,
             method=spec.name,
-            method_params=params,
-            m=params.get("m"),
-            R=params.get("R"),
+            policy=policy,
             dataset=Path(self.cfg["task"]["text"]).stem if self.cfg["task"].get("text") else "random-ids",
+            loaded=self.loaded,
+            started=began,
+            run_dir=self.run_dir,
             n_samples=point.batch_size,
-            model=self.loaded.name,
-            device=str(self.loaded.device),
-            dtype=str(self.loaded.dtype).removeprefix("torch."),
             prefill_tok_s=clean_number(point.prompt_tokens / point.prefill_s, 2),
             decode_tok_s=clean_number(point.decode_tok_s, 2),
             ms_per_token_p50=clean_number(p50, 2),
             ms_per_token_p90=clean_number(p90, 2),
             peak_mem_mb=clean_number(point.peak_mem_mb, 1),
             kv_cache_mb=clean_number(point.kv_bytes / 2**20, 3),
-            wall_s=round(time.perf_counter() - began, 2),
-            run_dir=str(self.run_dir),
             context_length=context_length,
             batch_size=point.batch_size,
         )
