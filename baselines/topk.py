@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from adore import ConfigError, KVPolicy, register_method
+from adore.core.attention import attention_logits, attention_probs
 
 
 @register_method("topk")
@@ -40,21 +41,21 @@ class TopKAttention(KVPolicy):
         if not isinstance(self.K, int) or self.K <= 0:
             raise ConfigError(f"method.K must be a positive integer, got {self.K!r}")
 
-    def attend(self, module, query, key, value, mask, scaling):
+    def attend(self, module, query, key, value, mask, scaling, softcap=None, sinks=None):
+        """Sparse attention; ``softcap`` and ``sinks`` (``[Hq]``) are applied as the model's own attention
+        does (the top-K keys are chosen on the softcapped logits; the sinks stay in the softmax)."""
         q = query.shape[2]
-        n_rep = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(n_rep, dim=1)
-        value = value.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
         sparse = q == 1 or self.sparse_prefill
         out = []
         for start in range(0, q, self.chunk):
             stop = min(start + self.chunk, q)
-            logits = (query[:, :, start:stop].float() @ key.float().transpose(-1, -2)) * scaling
-            logits = logits.masked_fill(~self._visible(mask, start, stop, q, key.shape[2], query.device), float("-inf"))
+            logits = attention_logits(query[:, :, start:stop].float(), key.float(), scaling, softcap)
+            visible = self._visible(mask, start, stop, q, key.shape[2], query.device)
             if sparse and logits.shape[-1] > self.K:
-                kth = logits.topk(self.K, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.nan_to_num(logits.softmax(-1), nan=0.0).to(value.dtype)
+                kth = logits.masked_fill(~visible, float("-inf")).topk(self.K, dim=-1).values[..., -1:]
+                visible = visible & (logits >= kth)
+            probs = attention_probs(logits, visible, sinks).to(value.dtype)
             out.append(probs @ value)
         return torch.cat(out, dim=2).transpose(1, 2).contiguous()
 

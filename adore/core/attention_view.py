@@ -28,6 +28,9 @@ class AttentionView:
         mask: ``[B, H, q, K]`` bool, True where a query may attend; ``None`` means all visible.
         scaling: softmax temperature (``1/sqrt(D)`` for Llama).
         chunk: query rows processed at once.
+        softcap: the model's attention-logit softcapping (Gemma 2), applied as its attention does.
+        sinks: ``[Hq]`` the model's learned sink logits (gpt-oss): they take part in the softmax, so the
+            probabilities of the real keys sum to less than one, as in the model.
     """
 
     query: torch.Tensor
@@ -35,6 +38,8 @@ class AttentionView:
     mask: torch.Tensor | None
     scaling: float
     chunk: int = 256
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
 
     @property
     def n_rep(self) -> int:
@@ -54,11 +59,18 @@ class AttentionView:
             sub = range(start, min(start + self.chunk, rows.stop))
             q = self.query[:, :, sub.start : sub.stop].float().reshape(B, H, self.n_rep, len(sub), D)
             logits = torch.einsum("bhrqd,bhkd->bhrqk", q, key) * self.scaling
+            if self.softcap is not None:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
             if self.mask is not None:
                 visible = self.mask[:, :, sub.start : sub.stop][:, :, None]
                 logits = logits.masked_fill(~visible, float("-inf"))
+            if self.sinks is not None:
+                sink = self.sinks.float().view(1, H, self.n_rep, 1, 1).expand(B, H, self.n_rep, len(sub), 1)
+                probs = torch.cat([logits, sink], dim=-1).softmax(-1)[..., :-1]
+            else:
+                probs = logits.softmax(-1)
             # A row that sees nothing (a pad query) would be NaN; make it all zeros instead.
-            yield sub, torch.nan_to_num(logits.softmax(-1), nan=0.0)
+            yield sub, torch.nan_to_num(probs, nan=0.0)
 
     def column_sums(self) -> torch.Tensor:
         """Attention mass each key received, summed over all query rows and the ``n_rep`` heads: ``[B, H, K]``."""

@@ -7,7 +7,8 @@ new keys/values for this step's attention; eviction happens right after attentio
 
 Each layer tracks, per slot, the token's original position and whether it is a real token or left
 padding. Masks are built from positions, never from slot indices, so tokens may be stored in any
-order (ADORE inserts rebuilt tokens at old positions) and per-head keep-sets may differ (H2O).
+order (ADORE inserts rebuilt tokens at old positions, one-in/one-out overwrites a slot) and per-head
+keep-sets may differ (H2O); a sliding-window layer adds ``query_pos - key_pos < window`` by position.
 
 Mask contract (verified for transformers 5.24): ``get_seq_length()`` counts tokens *seen*;
 ``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)``.
@@ -15,19 +16,52 @@ Mask contract (verified for transformers 5.24): ``get_seq_length()`` counts toke
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .attention import ATTN_IMPLEMENTATION
 from .attention_view import AttentionView
-from .errors import BudgetViolation
+from .errors import BudgetViolation, ConfigError
+from .families import family_name, sliding_windows
 from .policy import KVPolicy
+from .rope import LayerRotation
+
+# The layer whose update() ran last, for models that call ``Cache.update(k, v, layer_idx)`` without the
+# kwargs dict they later hand to the attention function (GPT-NeoX): every modeling file calls the
+# attention function right after ``update()``, with the very key tensor ``update()`` returned.
+_PENDING: ContextVar[PolicyLayer | None] = ContextVar("adore_pending_layer", default=None)
+
+
+def pending_layer(key: torch.Tensor) -> PolicyLayer | None:
+    """The layer that returned ``key`` from ``update()`` and still waits for its attention, if any."""
+    layer = _PENDING.get()
+    if layer is None or layer._step is None or layer._step.keys is not key:
+        return None
+    return layer
 
 
 def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     """Broadcast a slot index ``[B, H, S']`` over the trailing dims of a per-slot tensor ``[B, H, S, ...]``."""
     return index.view(*index.shape, *([1] * (tensor.dim() - 3))).expand(*index.shape, *tensor.shape[3:])
+
+
+@dataclass
+class _Step:
+    """What one ``update()`` appended, kept until the attention function calls back.
+
+    Attributes:
+        keys: ``[B, H, S+q, D]`` the keys the queries attend to (re-rotated where the policy says).
+        positions: ``[B, q]`` original positions of the new tokens; valid: ``[B, q]`` bool.
+        stored: slots held before this step.
+    """
+
+    keys: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+    stored: int
 
 
 @dataclass
@@ -62,7 +96,8 @@ class PolicyLayer(DynamicLayer):
         self.has_invalid = False
         self.step_rope_positions: torch.Tensor | None = None  # positions RoPE saw for this step's tokens
         self.peak_stored = 0
-        self._step: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (keys attended, score mask)
+        self._step: _Step | None = None  # set by update(), cleared once evicted after attention
+        self._score_mask: torch.Tensor | None = None  # this step's visibility, for AttentionView
 
     # ---- Cache API -------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -104,21 +139,50 @@ class PolicyLayer(DynamicLayer):
         self.step_rope_positions = new_pos if rope is None else rope
         self.policy.on_append(self, q)
 
-        # Publish ourselves (and a mask, when the model's index-causal mask would be wrong) to the
-        # attention function through the kwargs dict that LlamaAttention hands to both calls.
-        sdpa_needs_mask = self.has_invalid or self.owner.out_of_order or (q > 1 and stored > 0)
-        scores_need_mask = self.policy.needs_scores and (q > 1 or self.has_invalid or self.owner.out_of_order)
-        mask = score_mask = None
-        if sdpa_needs_mask or scores_need_mask:
-            causal = self.valid[:, :, None, :] & (self.positions[:, :, None, :] <= new_pos[:, None, :, None])
-            mask = causal if sdpa_needs_mask else None
-            # Scores ignore padding queries (in the sdpa mask they see the first real token).
-            score_mask = causal & new_valid[:, None, :, None]
         attention_keys = self.policy.keys_for_attention(self, self.keys)
-        self._step = (attention_keys, score_mask)
+        self._step = _Step(attention_keys, new_pos, new_valid, stored)
+        self._score_mask = None
+        # Publish ourselves to the attention function: through the kwargs dict that most modeling
+        # files hand to both calls, and for the others (no dict) as the pending layer.
         forwarded["kv_layer"] = self
-        forwarded["kv_mask"] = mask
+        _PENDING.set(self)
         return attention_keys, self.values
+
+    # ---- masks (called by the attention function) ----------------------------------------
+    def check_window(self, module: torch.nn.Module, window: int | None) -> None:
+        """Refuse a model whose attention passes a sliding window other than its config declares
+        (the mask would be built for the wrong layers)."""
+        expected = self.owner.windows[self.layer_idx] if self.owner.windows is not None else window
+        if window != expected:
+            raise ConfigError(
+                f"model family {self.owner.family!r}: layer {self.layer_idx} is declared with sliding window "
+                f"{expected} but its attention passes {window}; the engine cannot serve it exactly"
+            )
+
+    def attention_mask(self, window: int | None) -> torch.Tensor | None:
+        """This step's visibility ``[B, H, q, S+q]`` bool, by position: valid keys not later than the query
+        (and, for a sliding-window layer, closer than ``window``). ``None`` when plain order is right:
+        a single query that sees every key, or a first feed that is causal in index order.
+
+        Also prepares the mask the policy's attention scores use (padding queries see nothing there,
+        while in the sdpa mask they see the first real token, which keeps their row finite).
+        """
+        step = self._step
+        q = step.positions.shape[1]
+        needs = self.has_invalid or self.owner.out_of_order or (q > 1 and step.stored > 0)
+        if window is not None and not needs:
+            oldest = self.positions.masked_fill(~self.valid, torch.iinfo(self.positions.dtype).max).amin()
+            needs = bool(step.positions.amax() - oldest >= window)
+        scores_need = self.policy.needs_scores and (q > 1 or needs)
+        if not (needs or scores_need):
+            return None
+        key_pos, query_pos = self.positions[:, :, None, :], step.positions[:, None, :, None]
+        visible = self.valid[:, :, None, :] & (key_pos <= query_pos)
+        if window is not None:
+            visible &= query_pos - key_pos < window
+        if scores_need:
+            self._score_mask = visible & step.valid[:, None, :, None]
+        return visible if needs else None
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -135,24 +199,37 @@ class PolicyLayer(DynamicLayer):
     def stored(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
 
-    def after_attention(self, query: torch.Tensor, scaling: float) -> None:
-        """Called by the attention function once this step's attention is computed."""
-        attention_keys, score_mask = self._step
+    def after_attention(
+        self, query: torch.Tensor, scaling: float, softcap: float | None = None, sinks: torch.Tensor | None = None
+    ) -> None:
+        """Called by the attention function once this step's attention is computed (``softcap`` and
+        ``sinks`` ``[Hq]``: what the model's attention applied, so that scores are its true probabilities)."""
         if self.policy.needs_scores:
-            self.policy.observe(self, AttentionView(query, attention_keys, score_mask, scaling))
+            view = AttentionView(query, self._step.keys, self._score_mask, scaling, softcap=softcap, sinks=sinks)
+            self.policy.observe(self, view)
         self.peak_stored = max(self.peak_stored, self.stored)
         budget = self.policy.budget
         if not self.policy.uniform and budget is not None and self.stored > budget:
             self.apply(self.plan_eviction(self.policy.target_size(self.stored)))
-        self._step = None
+        self._step = self._score_mask = None
+        if _PENDING.get() is self:
+            _PENDING.set(None)
 
     def plan_eviction(self, keep: int) -> EvictionPlan:
         """Which slots go: the ``keep`` slots of highest priority stay in every (sequence, KV head);
         padding goes first."""
         priority = self.policy.priority(self).masked_fill(~self.valid, float("-inf"))
+        # Equal priorities go oldest first, never by slot index: slot order differs between a sequence
+        # alone and in a padded batch, and after one-in/one-out overwrites (repeated tokens give knorm
+        # exactly equal key norms in the first layer, for one).
         if self.stored - keep == 1 and self.policy.slicing == "gather":
-            return EvictionPlan(victim=priority.argmin(dim=-1, keepdim=True))  # [B, H, 1]
-        return EvictionPlan(index=priority.topk(keep, dim=-1).indices.sort(dim=-1).values)  # [B, H, keep]
+            lowest = priority == priority.amin(dim=-1, keepdim=True)
+            oldest = self.positions.masked_fill(~lowest, torch.iinfo(self.positions.dtype).max)
+            return EvictionPlan(victim=oldest.argmin(dim=-1, keepdim=True))  # [B, H, 1]
+        newest_first = self.positions.argsort(dim=-1, descending=True, stable=True)
+        ranked = priority.gather(-1, newest_first).argsort(dim=-1, descending=True, stable=True)
+        index = newest_first.gather(-1, ranked[..., :keep])
+        return EvictionPlan(index=index.sort(dim=-1).values)  # [B, H, keep]
 
     def apply(self, plan: EvictionPlan) -> None:
         if plan.victim is not None:
@@ -233,9 +310,25 @@ class PolicyCache(Cache):
     bool, False for padding) before each forward; both default to what the model passes.
     """
 
-    def __init__(self, policy: KVPolicy, num_layers: int, rotary_inv_freq: torch.Tensor | None = None):
+    def __init__(
+        self,
+        policy: KVPolicy,
+        num_layers: int,
+        rotary_inv_freq: torch.Tensor | None = None,
+        config=None,
+        rotations: list[LayerRotation] | None = None,
+    ):
         self.policy = policy
-        self.rotary_inv_freq = rotary_inv_freq  # for policies that re-rotate keys
+        # For policies that re-rotate keys: one rotation per layer (found by probing the model, see
+        # rope.layer_rotations), or one rotary table shared by every layer (``rotary_inv_freq``).
+        if rotations is None and rotary_inv_freq is not None:
+            rotations = [LayerRotation(rotary_inv_freq)] * num_layers
+        self.rotations = rotations
+        self.config = config
+        self.family = family_name(config)
+        # The sliding window each layer must attend with (None: full), from the config; without a
+        # config, whatever the model passes is trusted.
+        self.windows = sliding_windows(config) if config is not None else None
         self.step_positions: torch.Tensor | None = None
         self.step_valid: torch.Tensor | None = None
         self.max_fed: torch.Tensor | None = None  # [B] latest position fed per sequence
@@ -286,6 +379,12 @@ class PolicyCache(Cache):
         budget = self.policy.budget
         for layer in self.layers:
             if layer._step is not None:
+                implementation = getattr(self.config, "_attn_implementation", None)
+                if self.config is not None and implementation == ATTN_IMPLEMENTATION:
+                    raise ConfigError(
+                        f"model family {self.family!r} computed layer {layer.layer_idx}'s attention without "
+                        "transformers' attention interface; the engine cannot serve it"
+                    )
                 raise BudgetViolation(
                     f"layer {layer.layer_idx} appended tokens but was never evicted: load the model "
                     "with attn_implementation='kv_policy' (adore.models.load_model does)"

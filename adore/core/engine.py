@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import PolicyCache
+from .families import check_servable
 from .policy import KVPolicy
+from .rope import layer_rotations
 from .timing import DeviceTimer
 
 
@@ -57,6 +59,10 @@ class DecodingEngine:
         policy: the cache policy; a fresh :class:`PolicyCache` is built for each batch.
         eos_token_ids: ids that end a sequence (``()`` to never stop early).
         pad_token_id: id used for left padding and for finished rows.
+
+    Raises:
+        ConfigError: the model family cannot be served exactly (one line naming it), or the policy
+            re-rotates keys and the model's rotary layout does not allow it exactly.
     """
 
     def __init__(
@@ -66,11 +72,13 @@ class DecodingEngine:
         self.eos_token_ids = tuple(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
+        check_servable(model)
+        # Measured once per model, and only for policies that move keys (StreamingLLM's cache mode).
+        self.rotations = layer_rotations(model) if getattr(self.policy, "rerotates_keys", False) else None
 
     def new_cache(self) -> PolicyCache:
-        rotary = getattr(getattr(self.model, "model", None), "rotary_emb", None)
-        inv_freq = getattr(rotary, "inv_freq", None)
-        return PolicyCache(self.policy, self.model.config.num_hidden_layers, inv_freq)
+        config = self.model.config
+        return PolicyCache(self.policy, config.num_hidden_layers, config=config, rotations=self.rotations)
 
     @torch.inference_mode()
     def forward(

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .rope import rerotate
-
 if TYPE_CHECKING:
     from .cache import PolicyCache, PolicyLayer
     from .policy import KVPolicy
@@ -24,6 +22,10 @@ _EXTRA = "rope_pos"  # per slot: the position RoPE rotated its key at
 
 class CacheRelativePositions:
     """Wraps a :class:`~adore.core.policy.KVPolicy`; everything not defined here is the inner policy's."""
+
+    #: The engine measures each layer's rotation (:func:`~adore.core.rope.layer_rotations`) and refuses
+    #: a model whose keys cannot be re-rotated exactly.
+    rerotates_keys = True
 
     def __init__(self, inner: KVPolicy):
         self.inner = inner
@@ -59,4 +61,9 @@ class CacheRelativePositions:
         delta = rank - layer.extras[_EXTRA]
         if not bool(delta.any()):
             return keys
-        return rerotate(keys, delta, layer.owner.rotary_inv_freq)
+        rotations = layer.owner.rotations
+        if rotations is None:
+            raise RuntimeError(
+                "cache-relative positions need the cache's per-layer rotations (DecodingEngine sets them)"
+            )
+        return rotations[layer.layer_idx].rotate(keys, delta)
