@@ -62,6 +62,12 @@ class KVPolicy:
     #: The row hash puts them back there, so rows written before the move stay resumable.
     moved_settings: ClassVar[tuple[str, dict[str, Any]] | None] = None
 
+    @classmethod
+    def row_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """A result row's ``method_params`` as today's rows write them: a parameter that older rows
+        lack gets the value those runs used (the report compares old and new rows as equals)."""
+        return params
+
     # ---- lifecycle hooks, all optional: the harness calls them, and never names a method ------
     def check(self, context: RunContext) -> None:
         """Cheap checks before the model loads (e.g. that a needed checkpoint exists or can be trained)."""

@@ -94,6 +94,13 @@ class ADORE(ScoredPolicy):
     uniform = True
     moved_settings = ("adore", SETTINGS_DEFAULTS)
 
+    @classmethod
+    def row_params(cls, params: dict) -> dict:
+        # Rows from before method.labels.horizon existed were trained on next-step labels (horizon 1).
+        if params.get("scorer") == "controller" and params.get("labels_horizon") is None:
+            return {**params, "labels_horizon": 1}
+        return params
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.network: ImportanceController | None = None  # the bound, trained controller

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from adore.core.plotting import new_figure
+from adore.methods import available_methods, method_class
 from experiments.infra.results import RUNS_FILE, read_rows
 from experiments.infra.tasks import all_tasks, register_task
 
@@ -109,11 +110,8 @@ def merged_rows(results_dir: str | Path) -> list[dict[str, Any]]:
 def method_params(row: dict[str, Any]) -> dict[str, Any]:
     """The row's method parameters, with the defaults of rows written before a parameter existed."""
     params = dict(row.get("method_params") or {})
-    if row.get("method") == "adore" and params.get("scorer") == "controller":
-        params.setdefault("labels_horizon", 1)  # rows from before the switch existed
-        if params.get("labels_horizon") is None:
-            params["labels_horizon"] = 1
-    return params
+    name = row.get("method")
+    return method_class(name).row_params(params) if name in available_methods() else params
 
 
 def extra_params(row: dict[str, Any]) -> str:
