@@ -155,8 +155,10 @@ def main(cfg: DictConfig) -> None:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
-        config = dataset_task(config)
+        from experiments.infra.runtime import with_model_name
         from experiments.infra.sweep import resume_check
+
+        config = with_model_name(dataset_task(config))
         from experiments.infra.tasks import task_spec
 
         task = task_spec(config["task"]["name"])

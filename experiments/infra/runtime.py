@@ -60,7 +60,16 @@ class HarnessTrainingData:
 
 def expected_model_name(cfg: dict[str, Any]) -> str:
     model = cfg["model"]
-    return model.get("name") or Path(model["path"]).name
+    return model.get("name") or Path(str(model.get("path") or "")).name
+
+
+def with_model_name(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with ``model.name`` filled from ``model.path`` when it is null, so that a run on
+    another folder (``model.path=...``) is labelled by that folder, never by the default model's
+    name. The default model's folder is named like its old explicit name, so its hashes stay."""
+    if cfg["model"].get("name"):
+        return cfg
+    return {**cfg, "model": {**cfg["model"], "name": expected_model_name(cfg)}}
 
 
 def run_context(cfg: dict[str, Any]) -> RunContext:
