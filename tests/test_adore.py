@@ -226,3 +226,71 @@ def test_label_horizon_is_the_union_over_the_next_queries():
         assert torch.equal(three[t], expected)
     with pytest.raises(ConfigError, match="horizon must be >= 1"):
         topk_past(attention, K=2, horizon=0)
+
+
+# ---- fixed bugs ------------------------------------------------------------------------------------
+
+
+def test_the_query_free_controller_decodes(tiny_model):
+    """method.controller.scorer=query_free has no per-token keys; decoding used to index ``None``."""
+    torch.manual_seed(0)
+    controller = ImportanceController(tiny_model.config.hidden_size, ControllerConfig(width=16, scorer="query_free"))
+    policy = build_policy("adore", m=10, R=3, K=4).bind(controller, tiny_model.get_input_embeddings())
+    engine = DecodingEngine(tiny_model, policy, pad_token_id=0)
+    prompts = random_prompts([7, 19], seed=3)
+    alone = [engine.generate([p], 12).tokens[0] for p in prompts]
+    assert engine.generate(prompts, 12).tokens == alone
+
+
+def test_attention_labels_allocate_one_aggregate_per_forward(tiny_model, monkeypatch):
+    """The [B, T, T] float32 aggregate is allocated once, not once per layer (``setdefault`` evaluated
+    its default for every layer: about 256 MB per layer at T = 8192)."""
+    ids = random_prompts([20])[0]
+    sizes: list[tuple] = []
+    new_zeros = torch.Tensor.new_zeros
+
+    def spy(self, *size, **kwargs):
+        sizes.append(tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size))
+        return new_zeros(self, *size, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "new_zeros", spy)
+    aggregated_attention(tiny_model, ids)
+    assert tiny_model.config.num_hidden_layers > 1
+    assert sizes.count((1, 20, 20)) == 1
+
+
+def _fake_artifacts(model, folder) -> None:
+    """A controller checkpoint and a LoRA adapter where ADORE looks for them (no training)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    config = ControllerConfig(width=16)
+    controller = ImportanceController(model.config.hidden_size, config)
+    torch.save({"config": config.to_dict(), "state_dict": controller.state_dict()}, folder / "controller.pt")
+    peft = get_peft_model(tiny_llama(), PeftLoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft.save_pretrained(folder / "adapter")
+
+
+def test_two_finetuned_adore_entries_share_one_merge_and_one_controller(tmp_path):
+    """A throughput run prepares every entry on one model: the second ADORE entry used to look for its
+    controller under the name the first had renamed the model to (and trained and fine-tuned again)."""
+    from adore import LoadedModel, RunContext
+    from adore.release.artifacts import artifact_dir
+
+    loaded = LoadedModel(tiny_llama(), None, "tiny", torch.device("cpu"), torch.float32)
+    settings = {"m": 10, "R": 0, "K": 4, "finetune": True, "train_if_missing": False,
+                "artifacts_dir": str(tmp_path), "controller": {**ControllerConfig(width=16).to_dict()}}  # fmt: skip
+    context = RunContext({"dataset": {"name": "aclsum"}, "method": {"name": "adore"}}, "tiny")
+    first, second = build_policy("adore", **settings), build_policy("adore", **settings)
+    _fake_artifacts(loaded.model, artifact_dir(first, "tiny", "aclsum"))
+    first.prepare(context, loaded)
+    merged_model, merged_name = loaded.model, loaded.name
+    assert merged_name != "tiny"  # the fine-tune is merged and named
+    second.prepare(context, loaded)  # finds the same controller; merges and renames nothing again
+    assert loaded.model is merged_model and loaded.name == merged_name
+    assert second.network is not None
+    other = build_policy("adore", **{**settings, "finetune": False})
+    with pytest.raises(ConfigError, match="already has ADORE's sparse fine-tune"):
+        other.prepare(context, loaded)

@@ -117,8 +117,9 @@ def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path
         examples = [FinetuneExample(ids, n, seq.labels) for (ids, n), seq in zip(train_pairs, base, strict=True)]
         losses = sparse_finetune(loaded.model, examples, LoraConfig(**policy.lora), out / "adapter", seed)
         report["finetune_losses"] = losses
+        base_name = loaded.name
         loaded.model = merge_adapter(loaded.model, str(out / "adapter"))  # labels come from the tuned model
-        loaded.model._adore_adapter_merged = True
+        loaded.model._adore_adapter = (str(out / "adapter"), base_name)
     train_data = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, policy.labels, "top-K labels (train)")
     held_out = _labelled(loaded, held_out_ids, policy.K, policy.labels, "top-K labels (held out)")
     result = train_controller(train_data, held_out, config, policy.K, policy.m, train["epochs"], train["lr"], seed)
@@ -173,18 +174,28 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
     fine-tuning adapter when ``method.finetune`` is on."""
     if policy.scorer == "oracle":
         return
+    # An earlier ADORE entry of the same run (task=throughput) may have merged its sparse fine-tune
+    # into the shared model and renamed it: artifacts are keyed by the model as it was before that.
+    merged: tuple[str, str] | None = getattr(loaded.model, "_adore_adapter", None)  # (adapter, name before)
     dataset = training_dataset(policy, context)
-    folder = artifact_dir(policy, loaded.name, dataset)
+    folder = artifact_dir(policy, merged[1] if merged else loaded.name, dataset)
+    adapter = str(folder / "adapter")
+    if merged and merged[0] != adapter:
+        raise ConfigError(
+            f"this run's model already has ADORE's sparse fine-tune {merged[0]} merged, and these ADORE "
+            f"settings need another model ({'its fine-tune ' + adapter if policy.finetune else 'the base model'}); "
+            "run ADORE entries with different method.finetune or training settings in separate runs"
+        )
     if not (folder / "controller.pt").is_file():
         if not policy.train_if_missing:
             raise _missing(folder, policy, dataset)
         print(f"no controller for this configuration yet: training one into {folder}")
         train_adore(context, loaded, policy)
-    if policy.finetune:
-        if not getattr(loaded.model, "_adore_adapter_merged", False):
-            loaded.model = merge_adapter(loaded.model, str(folder / "adapter"))
-            loaded.model._adore_adapter_merged = True
-        loaded.name = adapted_name(loaded.name, str(folder / "adapter"))
+    if policy.finetune and not merged:
+        if getattr(loaded.model, "_adore_adapter", None) is None:  # train_adore merges what it tunes
+            loaded.model = merge_adapter(loaded.model, adapter)
+            loaded.model._adore_adapter = (adapter, loaded.name)
+        loaded.name = adapted_name(loaded.name, adapter)
     controller = load_controller(folder, policy.train["max_length"]).to(loaded.device)
     policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
     policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune}

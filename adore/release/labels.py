@@ -37,9 +37,10 @@ class AttentionCollector(KVPolicy):
 
     def observe(self, layer: PolicyLayer, attention: AttentionView) -> None:
         B, K = attention.key.shape[0], attention.key.shape[2]
-        total = layer.owner.state.setdefault(
-            "attention", attention.key.new_zeros(B, attention.q_len, K, dtype=torch.float32)
-        )
+        state = layer.owner.state
+        if "attention" not in state:  # once per forward, not per layer (a [B, T, T] float32 buffer)
+            state["attention"] = attention.key.new_zeros(B, attention.q_len, K, dtype=torch.float32)
+        total = state["attention"]
         for rows, probs in attention.row_chunks():
             if self.aggregate == "mean":
                 total[:, rows.start : rows.stop] += probs.sum(dim=(1, 2))

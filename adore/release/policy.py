@@ -192,10 +192,12 @@ class ADORE(ScoredPolicy):
         width = controller.config.width
         if "static" not in state or state["static"].shape[1] < P:
             static = positions.new_zeros(B, P, dtype=torch.float32)
-            keys = static.new_zeros(B, P, width)
+            # The query-free scorer (sigma_i = sigmoid(MLP(p_i + z_i))) has no per-token keys.
+            keys = static.new_zeros(B, P, width) if controller.config.scorer == "query_aware" else None
             if "static" in state:
                 static[:, : state["static"].shape[1]] = state["static"]
-                keys[:, : state["keys"].shape[1]] = state["keys"]
+                if keys is not None:
+                    keys[:, : state["keys"].shape[1]] = state["keys"]
             state["static"], state["keys"] = static, keys
         embeddings = self.embedding(input_ids)
         if bool(valid.all()):
@@ -215,7 +217,8 @@ class ADORE(ScoredPolicy):
         static, keys = controller.token_terms(u)
         rows, cols = _valid_coordinates(positions, valid)
         state["static"][rows, cols] = static[valid]
-        state["keys"][rows, cols] = keys[valid]
+        if keys is not None:
+            state["keys"][rows, cols] = keys[valid]
         all_positions = torch.arange(P, device=positions.device)[None].expand(B, P)
         logits = controller.logits(u[:, -1:], current[:, None], state["static"], state["keys"], all_positions)[:, 0]
         past = state["known"] & (all_positions < current[:, None])
