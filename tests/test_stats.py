@@ -1,0 +1,68 @@
+"""Bootstrap intervals against hand computations, and paired tests that move the right way."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from experiments.metrics import corpus_bleu
+from experiments.stats import block_bootstrap_ci, bootstrap_ci, corpus_ci, half_width, paired_comparison
+
+
+def test_bootstrap_of_the_mean_matches_the_exact_bootstrap_distribution():
+    scores = [0.0, 1.0, 2.0, 10.0]
+    # Every resample of 4 from 4 is equally likely: the exact bootstrap distribution has 256 atoms.
+    exact = sorted(sum(draw) / 4 for draw in itertools.product(scores, repeat=4))
+    lo_exact, hi_exact = np.percentile(exact, [2.5, 97.5])
+    lo, hi = bootstrap_ci(scores, resamples=50_000, seed=1)
+    assert lo == pytest.approx(lo_exact, abs=0.25) and hi == pytest.approx(hi_exact, abs=0.25)
+    assert lo < np.mean(scores) < hi
+
+
+def test_bootstrap_is_seeded_and_needs_two_samples():
+    assert bootstrap_ci([1.0, 5.0, 2.0], seed=3) == bootstrap_ci([1.0, 5.0, 2.0], seed=3)
+    assert bootstrap_ci([1.0]) is None
+    assert bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
+
+
+def test_corpus_bleu_is_recomputed_on_every_resample():
+    references = ["the cat sat on the mat today", "a dog ran in the park at noon", "it rained all day long here"]
+    perfect = corpus_ci(3, lambda idx: corpus_bleu([references[i] for i in idx], [references[i] for i in idx]))
+    assert perfect == pytest.approx((100.0, 100.0))
+    predictions = ["the cat sat on the mat", "a dog ran in a park", "nothing like it"]
+    point = corpus_bleu(predictions, references)
+    lo, hi = corpus_ci(3, lambda idx: corpus_bleu([predictions[i] for i in idx], [references[i] for i in idx]))
+    assert lo <= point <= hi and lo < hi
+
+
+def test_block_bootstrap_of_a_stream():
+    assert block_bootstrap_ci([2.0] * 64, block=16) == pytest.approx((math.exp(2.0), math.exp(2.0)))
+    assert block_bootstrap_ci([2.0] * 10, block=16) is None  # one block: no interval
+    rising = [1.0] * 32 + [3.0] * 32
+    lo, hi = block_bootstrap_ci(rising, block=16)
+    assert lo < math.exp(2.0) < hi
+
+
+def test_paired_p_value_falls_as_one_method_is_made_worse():
+    rng = np.random.default_rng(0)
+    a = rng.normal(50, 10, size=64)
+    b = a + rng.normal(0, 3, size=64)  # the same method with noise
+    same = paired_comparison(a, b)
+    worse = paired_comparison(a - 1.0, b)
+    much_worse = paired_comparison(a - 5.0, b)
+    assert same.p_value > 0.05 and not same.significant
+    assert much_worse.p_value < worse.p_value < 1.0
+    assert much_worse.significant and much_worse.ci[1] < 0 < same.ci[1]
+    assert much_worse.difference == pytest.approx(float(np.mean(a - 5.0 - b)))
+
+
+def test_detectable_difference_shrinks_with_the_square_root_of_n():
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0, 4, size=16)
+    small = paired_comparison(diff, np.zeros(16))
+    large = paired_comparison(np.tile(diff, 4), np.zeros(64))
+    assert large.detectable == pytest.approx(small.detectable / 2, rel=0.05)
+    assert half_width((1.0, 5.0)) == 2.0 and half_width(None) is None
