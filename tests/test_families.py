@@ -24,7 +24,7 @@ import pytest
 import torch
 import transformers
 
-from adore import ConfigError, DecodingEngine
+from adore import ConfigError, DecodingEngine, load_model
 from adore.core.attention import register
 from adore.core.rope import layer_rotations
 from adore.methods import build_policy
@@ -51,6 +51,9 @@ COMMON = dict(
 )
 SLIDING = dict(sliding_window=WINDOW)
 MIXED = ["sliding_attention", "full_attention"]  # one layer of each kind
+# Gemma scales its (tied) embeddings by sqrt(hidden): in a tiny random model the current token alone
+# then decides the next, and neither the window nor softcapping would change a token.
+GEMMA = dict(head_dim=16, query_pre_attn_scalar=1, tie_word_embeddings=False)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,8 @@ FAMILIES = [
     Family("qwen2", "Qwen2Config", {**SLIDING, "use_sliding_window": True, "max_window_layers": 1}),
     Family("qwen3", "Qwen3Config", {**SLIDING, "use_sliding_window": True, "max_window_layers": 1, "head_dim": 16}),
     Family("phi3", "Phi3Config", {**SLIDING, "partial_rotary_factor": 0.5}, all_sliding=True),
-    Family("gemma2", "Gemma2Config", {**SLIDING, "layer_types": MIXED, "head_dim": 16, "attn_logit_softcapping": 2.0}),
-    Family("gemma3", "Gemma3TextConfig", {**SLIDING, "layer_types": MIXED, "head_dim": 16}),
+    Family("gemma2", "Gemma2Config", {**SLIDING, **GEMMA, "layer_types": MIXED, "attn_logit_softcapping": 2.0}),
+    Family("gemma3", "Gemma3TextConfig", {**SLIDING, **GEMMA, "layer_types": MIXED}),
     Family("olmo2", "Olmo2Config"),
     Family("olmo3", "Olmo3Config", {**SLIDING, "layer_types": MIXED}),
     Family("gpt_neox", "GPTNeoXConfig", {"num_key_value_heads": None}),
@@ -102,7 +105,7 @@ FAMILIES = [
     Family("smollm3", "SmolLM3Config", {"no_rope_layers": [1, 0]}),
     Family("stablelm", "StableLmConfig"),
     Family("phi", "PhiConfig"),
-    Family("gemma", "GemmaConfig", {"head_dim": 16}),
+    Family("gemma", "GemmaConfig", GEMMA),
     Family("granite", "GraniteConfig"),
     Family(
         "gpt_oss",
@@ -213,6 +216,28 @@ def test_evicting_only_what_the_window_hides_changes_nothing(served):
     assert engine.generate(served.prompts, NEW_TOKENS).tokens == served.full
 
 
+@pytest.mark.parametrize(
+    ("served", "change"),
+    [
+        pytest.param(f, {"sliding_window": 10_000}, id=f"{f.name}-window")
+        for f in FAMILIES
+        if "sliding_window" in f.params
+    ]
+    + [
+        pytest.param(f, {"attn_logit_softcapping": None}, id=f"{f.name}-softcap")
+        for f in FAMILIES
+        if f.name == "gemma2"
+    ],
+    indirect=["served"],
+)
+def test_the_tests_have_teeth(served, change):
+    """The equalities above would miss a dropped sliding window or softcap unless they change tokens."""
+    other = Family(served.family.name, served.family.config, {**served.family.params, **change}).build()
+    other.set_attn_implementation(register())
+    tokens = DecodingEngine(other, build_policy("full")).generate(served.prompts, NEW_TOKENS).tokens
+    assert tokens != served.full
+
+
 @pytest.mark.parametrize("served", SERVED, indirect=True)
 def test_rerotated_keys_equal_keys_computed_at_the_new_positions(served):
     """Shifting every position by the same amount leaves the hidden states unchanged, so each layer's
@@ -239,8 +264,11 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_positions(served):
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, id=f.name) for f in FAMILIES if f.refused], indirect=False)
-def test_refused_families_say_so_in_one_line(family):
+def test_refused_families_say_so_in_one_line(family, tmp_path):
     model = family.build()
     with pytest.raises(ConfigError, match=re.escape(family.refused)) as error:
         DecodingEngine(model, build_policy("full"))
     assert "\n" not in str(error.value)
+    model.config.save_pretrained(tmp_path)  # load_model refuses before loading any weights
+    with pytest.raises(ConfigError, match=re.escape(family.refused)):
+        load_model(str(tmp_path))

@@ -43,14 +43,18 @@ def sliding_windows(config) -> list[int | None]:
 
 def check_servable(model: torch.nn.Module) -> None:
     """Refuse, with one line, a model the engine cannot run exactly."""
-    config = model.config
+    check_family(type(model), model.config)
+
+
+def check_family(model_class: type, config) -> None:
+    """:func:`check_servable` before the weights load (``model_class``: what ``AutoModelForCausalLM`` builds)."""
     # transformers' own test for whether a modeling file calls its attention through the interface
     # (Falcon does not: the kv_policy function would never run). A family that passes this test and
     # still bypasses the function is caught after its first forward (PolicyCache.check_budget).
-    uses_interface = getattr(type(model), "_can_set_attn_implementation", lambda: True)
+    uses_interface = getattr(model_class, "_can_set_attn_implementation", lambda: True)
     if not uses_interface():
         raise ConfigError(
-            f"model family {family_name(config)!r} ({type(model).__name__}) computes attention in its own code, "
+            f"model family {family_name(config)!r} ({model_class.__name__}) computes attention in its own code, "
             "not through transformers' attention interface; the engine cannot serve it"
         )
     sliding_windows(config)

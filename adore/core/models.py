@@ -10,6 +10,7 @@ import torch
 
 from .attention import register
 from .errors import ConfigError
+from .families import check_family
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,6 +54,7 @@ def load_model(path: str, name: str = "", device: str = "cpu", dtype: str = "flo
         )
         raise ConfigError(f"model path {str(path)!r} has no config.json; {hint}")
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    _refuse_unservable(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -60,6 +62,20 @@ def load_model(path: str, name: str = "", device: str = "cpu", dtype: str = "flo
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=register())
     model.to(torch_device).eval()
     return LoadedModel(model, tokenizer, name or folder.name, torch_device, torch_dtype)
+
+
+def _refuse_unservable(folder: Path) -> None:
+    """A family the engine cannot serve is refused by name before its weights load (loading Falcon with
+    the kv_policy attention would fail with a bare ``KeyError: 'kv_policy'``)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(folder)
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:  # not a causal LM transformers knows; from_pretrained gives its own error
+        return
+    check_family(model_class, config)
 
 
 def merge_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
