@@ -55,18 +55,36 @@ def _bert_scorer(model: str, num_layers: int, device: str):  # one scorer per pr
     return BERTScorer(model_type=model, num_layers=num_layers, device=device, batch_size=16)
 
 
+def bertscore_per_sample(
+    predictions: Sequence[str], references: Sequence[str], model: str | None = None, num_layers: int = 6,
+    device: str = "cpu",
+) -> list[float]:  # fmt: skip
+    """BERTScore F1 (x100) of each pair. ``model`` is a local folder or a hub name; ``num_layers`` is
+    required for models outside bert-score's own table (MiniLM-L6: 6, its last layer).
+
+    An empty prediction scores 0 without reaching bert-score (which scores it 0 with a warning in
+    older versions, and raises under transformers 5)."""
+    model = model or default_bertscore_model()
+    scores = [0.0] * len(predictions)
+    scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
+    if scored:
+        _, _, f1 = _bert_scorer(model, num_layers, device).score(
+            [predictions[i] for i in scored], [references[i] for i in scored], verbose=False
+        )
+        for i, value in zip(scored, f1.tolist(), strict=True):
+            scores[i] = 100.0 * value
+    return scores
+
+
 def bertscore_f1(
     predictions: Sequence[str], references: Sequence[str], model: str | None = None, num_layers: int = 6,
     device: str = "cpu",
 ) -> float:  # fmt: skip
-    """Mean BERTScore F1 (x100). ``model`` is a local folder or a hub name; ``num_layers`` is required
-    for models outside bert-score's own table (MiniLM-L6: 6, its last layer)."""
-    model = model or default_bertscore_model()
+    """Mean BERTScore F1 (x100) over the pairs (:func:`bertscore_per_sample`); NaN without pairs."""
     if not predictions:
         return float("nan")
-    # An empty candidate makes bert-score warn and score 0; that is the right score for it.
-    _, _, f1 = _bert_scorer(model, num_layers, device).score(list(predictions), list(references), verbose=False)
-    return 100.0 * float(f1.mean())
+    scores = bertscore_per_sample(predictions, references, model, num_layers, device)
+    return sum(scores) / len(scores)
 
 
 def latency_percentiles(step_seconds: Sequence[float]) -> tuple[float | None, float | None]:

@@ -55,7 +55,9 @@ def test_generate_run_writes_row_and_predictions(tmp_path):
     result = run_cli("method=h2o", "method.m=32", "dataset.limit=2", "max_new_tokens=8", results_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert tuple(row) == ROW_KEYS
+    intervals = ("bleu_ci", "rouge1_ci", "rouge2_ci", "rougeL_ci", "bertscore_f1_ci")
+    assert tuple(row) == ROW_KEYS + intervals
+    assert all(row[k][0] <= row[k.removesuffix("_ci")] <= row[k][1] for k in intervals if k != "bleu_ci")
     assert row["method"] == "h2o" and row["m"] == 32 and row["n_samples"] == 2
     assert row["method_params"] == {"m": 32, "heavy_ratio": 0.5}
     assert 0 <= row["rougeL"] <= 100 and 0 <= row["bertscore_f1"] <= 100 and row["decode_tok_s"] > 0
@@ -63,7 +65,9 @@ def test_generate_run_writes_row_and_predictions(tmp_path):
     run_dir = Path(row["run_dir"])
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in predictions] == ["E09-1056", predictions[1]["id"]] and len(predictions) == 2
-    assert set(predictions[0]) == {"id", "prediction", "reference"}
+    assert set(predictions[0]) == {"id", "prediction", "reference", "scores"}
+    mean_rouge = sum(p["scores"]["rougeL"] for p in predictions) / 2
+    assert mean_rouge == pytest.approx(row["rougeL"], abs=1e-3)  # the row aggregates the per-sample scores
     config = json.loads((run_dir / "config.json").read_text())
     assert config["method"] == {"name": "h2o", "m": 32, "heavy_ratio": 0.5}
 

