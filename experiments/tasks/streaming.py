@@ -22,6 +22,7 @@ from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, load_for, start_task
 from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
+from experiments.stats import block_bootstrap_ci
 
 
 @torch.inference_mode()
@@ -77,6 +78,15 @@ def plot_windows(windows: list[dict[str, float]], path, title: str) -> None:
     save_figure(figure, path)
 
 
+# Per-token NLLs are correlated along a text, so the perplexity's interval resamples contiguous
+# blocks of this many tokens (a block bootstrap), not single tokens.
+CI_BLOCK_TOKENS = 64
+
+
+def _interval(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [clean_number(ci[0]), clean_number(ci[1])]
+
+
 @register_task(
     "stream",
     resumable=True,
@@ -107,6 +117,7 @@ def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
         loaded,
         n_samples=1,
         perplexity=clean_number(math.exp(sum(nll) / len(nll))),
+        perplexity_ci=_interval(block_bootstrap_ci(nll, CI_BLOCK_TOKENS, seed=cfg["seed"])),
         decode_tok_s=clean_number(len(nll) / sum(times), 2),
         ms_per_token_p50=clean_number(p50, 2),
         ms_per_token_p90=clean_number(p90, 2),
