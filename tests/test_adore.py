@@ -294,3 +294,21 @@ def test_two_finetuned_adore_entries_share_one_merge_and_one_controller(tmp_path
     other = build_policy("adore", **{**settings, "finetune": False})
     with pytest.raises(ConfigError, match="already has ADORE's sparse fine-tune"):
         other.prepare(context, loaded)
+
+
+def test_the_resume_check_keeps_adores_controller_settings(tmp_path):
+    """The described checkpoint was keyed "controller" like the parameter, so the sweep's canonical
+    config took the parameter for an ignored one and set it to None (training then crashed)."""
+    from experiments.infra.sweep import canonical_config
+    from tests.test_sweeps import composed
+
+    config = composed("method=adore", f"results_dir={tmp_path}")
+    assert canonical_config(config)["method"]["controller"] == config["method"]["controller"] != None  # noqa: E711
+
+
+def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
+    from experiments.reporting.report import method_params
+
+    old = {"method": "adore", "method_params": {"m": 64, "scorer": "controller", "controller": "K32-abc"}}
+    assert method_params(old) == {"m": 64, "scorer": "controller", "controller_checkpoint": "K32-abc",
+                                  "labels_horizon": 1}  # fmt: skip

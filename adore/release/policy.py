@@ -96,9 +96,12 @@ class ADORE(ScoredPolicy):
 
     @classmethod
     def row_params(cls, params: dict) -> dict:
+        params = dict(params)
+        if "controller" in params and "controller_checkpoint" not in params:  # rows before the rename
+            params["controller_checkpoint"] = params.pop("controller")
         # Rows from before method.labels.horizon existed were trained on next-step labels (horizon 1).
         if params.get("scorer") == "controller" and params.get("labels_horizon") is None:
-            return {**params, "labels_horizon": 1}
+            params["labels_horizon"] = 1
         return params
 
     def __post_init__(self) -> None:
@@ -139,7 +142,9 @@ class ADORE(ScoredPolicy):
     def describe(self) -> dict:
         params = {k: v for k, v in super().describe().items() if k not in SETTINGS_DEFAULTS or k == "slicing"}
         if self.scorer == "controller":
-            params["controller"] = self.checkpoint or None
+            # Not "controller": that is the parameter (the network's settings), and a described
+            # parameter that reads None counts as ignored by the sweep's canonical config.
+            params["controller_checkpoint"] = self.checkpoint or None
             params["controller_scorer"] = self.network.config.scorer if self.network is not None else None
             params.update(self.training)
         return params

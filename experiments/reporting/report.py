@@ -40,7 +40,7 @@ COLUMNS = (
     ("decode_tok_s", "decode tok/s"), ("kv_cache_mb", "KV MB"),
 )  # fmt: skip
 # Parameters shown in their own columns, or too long to be useful in a table.
-_HIDDEN = {"m", "R", "controller", "controller_scorer", "chunk", "finetune"}
+_HIDDEN = {"m", "R", "controller_checkpoint", "controller_scorer", "chunk", "finetune"}
 
 # Column titles (tables) and axis labels with units (figures).
 TITLES = {
@@ -67,7 +67,7 @@ METHOD_COLORS = {
 }  # fmt: skip
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # Parameters never used to tell series apart (checkpoint hashes; the adapter shows in the model name).
-_LABEL_HIDDEN = {"controller", "controller_scorer", "chunk", "finetune"}
+_LABEL_HIDDEN = {"controller_checkpoint", "controller_scorer", "chunk", "finetune"}
 _STYLES = ("-", "--", "-.", ":")
 _REFERENCE_STYLES = {"-": "--", "--": ":", "-.": "-.", ":": (0, (1, 4))}  # horizontal reference lines
 
@@ -82,7 +82,7 @@ def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> li
     for row in rows:
         if task and row.get("task") != task:
             continue
-        key = (row.get("task"), row.get("method"), str(row.get("method_params")), row.get("dataset"),
+        key = (row.get("task"), row.get("method"), str(method_params(row)), row.get("dataset"),
                row.get("model"), row.get("n_samples"), row.get("context_length"), row.get("batch_size"))  # fmt: skip
         latest.pop(key, None)
         latest[key] = row
@@ -548,7 +548,7 @@ def save_figures(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
 # -------------------------------------------------------------------------------------------- task
 
 
-@register_task("report")  # prints its own table
+@register_task("report", uses_model=False)  # prints its own table
 def run_report(cfg: dict[str, Any]) -> str:
     results_dir = Path(cfg["results_dir"])
     rows = report_rows(results_dir)
