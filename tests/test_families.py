@@ -17,6 +17,7 @@ one), so prompts of 11 to 30 tokens cross the window. Per family:
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ import transformers
 
 from adore import ConfigError, DecodingEngine, load_model
 from adore.core.attention import register
+from adore.core.dropin import evicting
 from adore.core.rope import layer_rotations
 from adore.methods import build_policy
 from tests.conftest import random_prompts
@@ -272,3 +274,40 @@ def test_refused_families_say_so_in_one_line(family, tmp_path):
     model.config.save_pretrained(tmp_path)  # load_model refuses before loading any weights
     with pytest.raises(ConfigError, match=re.escape(family.refused)):
         load_model(str(tmp_path))
+
+
+DROP_IN_FAMILIES = [p for p in SERVED if p.values[0].name in ("llama", "mistral", "gpt_neox", "gemma2")]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in METHOD_CASES])
+@pytest.mark.parametrize("served", DROP_IN_FAMILIES, indirect=True)
+def test_drop_in_cache_in_plain_generate_equals_the_engine(served, case):
+    """``model.generate(..., cache=cache)`` under ``evicting`` gives the engine's tokens on a padded
+    batch at a small budget, and the budget holds."""
+    prompts = served.prompts[:2]
+    policy = case.build(served.model, bound=SMALL_M)
+    engine_tokens = DecodingEngine(served.model, policy, pad_token_id=0).generate(prompts, NEW_TOKENS).tokens
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    with evicting(served.model, case.build(served.model, bound=SMALL_M)) as cache:
+        out = served.model.generate(
+            ids, attention_mask=mask, cache=cache, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
+        )
+    assert out[:, width:].tolist() == engine_tokens
+    if case.bound_by == "m":
+        assert {layer.stored for layer in cache.layers} == {SMALL_M}
+
+
+@pytest.mark.model
+def test_the_drop_in_example_runs(smollm2, monkeypatch):
+    """The example in ``adore/core/dropin.py``'s docstring (and the README), executed as written."""
+    import adore.core.dropin as dropin
+
+    example = textwrap.dedent(dropin.__doc__.split("::\n", 1)[1].split("\nA cache serves", 1)[0])
+    monkeypatch.setattr("adore.load_model", lambda path: smollm2)  # the session's copy, loaded once
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *values: printed.append(values))
+    exec(compile(example, "dropin example", "exec"), {})
+    (texts,), (stored,) = printed
+    assert len(texts) == 2 and all(texts) and stored == 16

@@ -339,6 +339,23 @@ class PolicyCache(Cache):
         self._selection_index: torch.Tensor | None = None
         super().__init__(layers=[PolicyLayer(policy, self, i) for i in range(num_layers)])
 
+    def begin_step(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before a forward: let the policy see (and extend, ADORE's rebuild) the new tokens ``[B, q]`` at
+        original ``positions`` (``valid``: ``[B, q]`` bool or ``None``); returns the ``input_ids`` to feed
+        and the ``position_ids`` RoPE must see."""
+        input_ids, positions, valid = self.policy.prepare_step(self, input_ids, positions, valid)
+        self.step_positions, self.step_valid = positions, valid
+        return input_ids, self.policy.rope_position_ids(self, positions)
+
+    def end_step(self) -> None:
+        """After a forward: uniform eviction, then the budget assertion."""
+        self.step_positions = self.step_valid = None
+        if self.policy.uniform:
+            self.evict_uniform()
+        self.check_budget()
+
     def evict_uniform(self) -> None:
         """For policies whose keep-set is the same in every layer and head (``policy.uniform``): plan
         once, from layer 0, after the whole forward, and apply the plan to every layer."""

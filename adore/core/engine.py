@@ -95,21 +95,18 @@ class DecodingEngine:
         to cached and new tokens whose position is not later than its own (and that are not
         padding, ``valid`` ``[B, q]``). Returns the last ``logits_to_keep`` logits ``[B, k, V]``.
         """
-        input_ids, positions, valid = self.policy.prepare_step(cache, input_ids, positions, valid)
-        cache.step_positions, cache.step_valid = positions, valid
+        input_ids, rope_positions = cache.begin_step(input_ids, positions, valid)
         try:
             out = self.model(
                 input_ids=input_ids,
-                position_ids=self.policy.rope_position_ids(cache, positions),
+                position_ids=rope_positions,
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             )
         finally:
             cache.step_positions = cache.step_valid = None
-        if self.policy.uniform:
-            cache.evict_uniform()
-        cache.check_budget()
+        cache.end_step()
         return out.logits
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> GenerationResult:
