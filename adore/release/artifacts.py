@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,22 @@ def artifact_dir(policy: ADORE, model_name: str, dataset: str, finetune: bool | 
     return Path(policy.artifacts_dir) / "adore" / model_name / dataset / f"K{policy.K}-{digest}"
 
 
+def _overrides(prefix: str, value: Any, default: Any) -> list[str]:
+    """``key=value`` overrides that turn ``default`` into ``value``: nested settings one dotted key
+    each (``method.controller.width=64``), so that the command parses and keeps every other default."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        return [o for k in sorted(value) for o in _overrides(f"{prefix}.{k}", value[k], default.get(k))]
+    if value == default:
+        return []
+    text = "null" if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
+    return [shlex.quote(f"{prefix}={text}")]
+
+
 def _train_command(policy: ADORE, dataset: str) -> str:
-    """The command that trains what this policy looks for, with its own non-default settings."""
-    moved = [f"method.{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in sorted(SETTINGS_DEFAULTS.items())
-             if getattr(policy, k) != v and k not in ("train_if_missing", "slicing")]  # fmt: skip
+    """The command that trains what this policy looks for, with the policy's own settings wherever
+    they differ from the defaults (its artifacts folder, controller, labels, training)."""
+    moved = [o for k, v in sorted(SETTINGS_DEFAULTS.items()) if k not in ("train_if_missing", "slicing")
+             for o in _overrides(f"method.{k}", getattr(policy, k), v)]  # fmt: skip
     return " ".join(["python run.py task=train method=adore", f"method.K={policy.K}", f"dataset={dataset}", *moved])
 
 
@@ -149,6 +162,24 @@ def load_controller(folder: Path, trained_positions: int | None = None) -> Impor
     return controller.eval()
 
 
+def controller_problem(folder: Path) -> str | None:
+    """Why ``controller.pt`` in ``folder`` cannot be used (``None`` when it loads): a truncated or
+    foreign file fails inside ``torch.load`` with a long traceback otherwise."""
+    try:
+        load_controller(folder)
+    except Exception as error:  # zip, pickle and shape errors come in many types
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        return f"{type(error).__name__}: {reason}"
+    return None
+
+
+def _unreadable(folder: Path, problem: str, policy: ADORE, dataset: str) -> ConfigError:
+    return ConfigError(
+        f"the ADORE controller {folder / 'controller.pt'} cannot be read ({problem}); delete it and run "
+        f"`{_train_command(policy, dataset)}`, or set method.train_if_missing=true to retrain it"
+    )
+
+
 def _missing(folder: Path, policy: ADORE, dataset: str) -> ConfigError:
     return ConfigError(
         f"no ADORE controller at {folder}; run `{_train_command(policy, dataset)}` or set method.train_if_missing=true"
@@ -163,10 +194,14 @@ def check_controller_available(context: RunContext, policy: ADORE) -> None:
     dataset = training_dataset(policy, context)
     folder = artifact_dir(policy, context.model_name, dataset)
     if (folder / "controller.pt").is_file():
-        return
-    if not policy.train_if_missing:
+        problem = controller_problem(folder)
+        if problem is None:
+            return
+        if not policy.train_if_missing:
+            raise _unreadable(folder, problem, policy, dataset)
+    elif not policy.train_if_missing:
         raise _missing(folder, policy, dataset)
-    _require_trainable(policy, context)
+    _require_trainable(policy, context)  # it will be trained: say now if it cannot be
 
 
 def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> None:
@@ -186,7 +221,13 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
             f"settings need another model ({'its fine-tune ' + adapter if policy.finetune else 'the base model'}); "
             "run ADORE entries with different method.finetune or training settings in separate runs"
         )
-    if not (folder / "controller.pt").is_file():
+    problem = controller_problem(folder) if (folder / "controller.pt").is_file() else None
+    if problem is not None:
+        if not policy.train_if_missing:
+            raise _unreadable(folder, problem, policy, dataset)
+        print(f"the controller in {folder} cannot be read ({problem}): training a new one in its place")
+        train_adore(context, loaded, policy)
+    elif not (folder / "controller.pt").is_file():
         if not policy.train_if_missing:
             raise _missing(folder, policy, dataset)
         print(f"no controller for this configuration yet: training one into {folder}")

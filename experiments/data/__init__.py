@@ -52,6 +52,16 @@ def data_folder(name: str, given: str | None = None) -> Path:
     return Path(given) if given else Path(os.environ.get("ADORE_DATA_DIR", "data")) / name
 
 
+def given_file(path: str, hint: str) -> Path:
+    """``dataset.path`` as a file: a folder or a missing path is one line that says which it is."""
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"dataset.path {path!r} is a folder, not a file; give {hint}")
+    if not file.is_file():
+        raise ConfigError(f"dataset.path {path!r} does not exist; give {hint}")
+    return file
+
+
 def register_dataset(name: str, task: str, prompt: str = "", description: str = ""):
     def decorate(loader: Callable[..., list[Sample]]) -> Callable[..., list[Sample]]:
         DATASETS.add(name, DatasetSpec(name, task, prompt, loader, description))

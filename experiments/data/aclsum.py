@@ -14,13 +14,15 @@ from pathlib import Path
 
 from adore import ConfigError
 
-from . import Sample, register_dataset
+from . import Sample, given_file, register_dataset
 
 PROMPT = (
     "Summarize the following research paper in three sentences: the problem it addresses, "
     "the approach it proposes, and the outcome.\n\nTitle: {title}\n\n{text}"
 )
 ASPECTS = ("challenge", "approach", "outcome")
+SECTIONS = ("abstract", "introduction", "conclusion")
+FILE_HINT = "an ACLSum-format .jsonl file (one JSON object per line with id, title, sentences, summary)"
 SPLITS = ("train", "val", "test")
 
 
@@ -33,10 +35,7 @@ def detokenize(text: str) -> str:
 
 def _data_file(split: str, path: str | None) -> Path:
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"dataset.path {path!r} does not exist; give an ACLSum-format .jsonl file")
-        return file
+        return given_file(path, FILE_HINT)
     try:
         return Path(str(resources.files("aclsum") / "dataset" / f"{split}.jsonl"))
     except ModuleNotFoundError:
@@ -49,12 +48,33 @@ def load_aclsum(
 ) -> list[Sample]:
     if split not in SPLITS:
         raise ConfigError(f"dataset.split must be one of {', '.join(SPLITS)}, got {split!r}")
+    unknown = [section for section in sections if section not in SECTIONS]
+    if isinstance(sections, str) or unknown:
+        raise ConfigError(f"dataset.sections must be a list of {', '.join(SECTIONS)}, got {sections!r}")
+    file = _data_file(split, path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file} is not UTF-8 text (byte {error.start} is not); give {FILE_HINT}") from None
     samples = []
-    for line in _data_file(split, path).read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        text = " ".join(sentence for section in sections for sentence in row["sentences"][section])
-        reference = " ".join(row["summary"][aspect].strip() for aspect in ASPECTS)
-        samples.append(Sample(row["id"], {"title": row["title"], "text": detokenize(text)}, reference))
+        samples.append(_sample(line, f"{file} line {number}", sections))
     return samples
+
+
+def _sample(line: str, where: str, sections: tuple[str, ...]) -> Sample:
+    """One line of an ACLSum file; what is wrong with it is named with its line number."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        looks = " (the file looks like CSV)" if "," in line and not line.lstrip().startswith("{") else ""
+        raise ConfigError(f"{where} is not valid JSON ({error.msg}){looks}; give {FILE_HINT}") from None
+    try:
+        text = " ".join(str(sentence) for section in sections for sentence in row["sentences"][section])
+        reference = " ".join(str(row["summary"][aspect]).strip() for aspect in ASPECTS)
+        return Sample(str(row["id"]), {"title": str(row["title"]), "text": detokenize(text)}, reference)
+    except (KeyError, TypeError) as error:
+        missing = f"lacks {error.args[0]!r}" if isinstance(error, KeyError) else "is not an ACLSum record"
+        raise ConfigError(f"{where} {missing}; give {FILE_HINT}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from adore import ConfigError
@@ -44,9 +43,9 @@ def hub_rows(
 
     datasets.disable_progress_bars()
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"dataset.path {path!r} does not exist; give a {file_hint}")
+        from experiments.data import given_file
+
+        file = given_file(path, f"a {file_hint}")
         builder = FILE_FORMATS.get(file.suffix.lower())
         if builder is None:
             raise ConfigError(f"dataset.path {path!r}: unknown format; give a {', '.join(FILE_FORMATS)} file")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from adore import ConfigError
 
-from . import Sample, data_folder, register_dataset
+from . import Sample, data_folder, given_file, register_dataset
 from .chat import PROMPT, SPLITS, chat_sample, hash_split
 
 FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -58,10 +58,7 @@ def recover_conversations(path: str | Path, chunk_chars: int = 1 << 20) -> Itera
 
 def _file(path: str | None, folder: str | None) -> Path:
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"dataset.path {path!r} does not exist; give a ShareGPT-format .json")
-        return file
+        return given_file(path, "a ShareGPT-format .json")
     file = data_folder("sharegpt", folder) / FILE
     if not file.is_file():
         raise ConfigError(f"no ShareGPT file at {file}; run `make setup` (it fetches it) or set dataset.path=")

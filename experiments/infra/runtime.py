@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ from adore import ADAPTER_SCHEMES, ConfigError, KVPolicy, LoadedModel, RunContex
 from adore.core.models import adapted_name
 from adore.methods import build_policy
 from experiments.data import DatasetSpec, dataset_options, dataset_spec, load_samples
-from experiments.infra.results import append_row, config_hash, git_commit, make_row, new_run_id
+from experiments.infra.results import (
+    BEYOND_POSITIONS_KEY,
+    append_row,
+    config_hash,
+    git_commit,
+    make_row,
+    new_run_id,
+)
 from experiments.prompting import build_chat_ids, build_prompt_ids
 
 
@@ -111,7 +119,18 @@ def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
     model = cfg["model"]
     if not model.get("path"):
         raise ConfigError("model.path is empty; set model.path=<HF model folder>")
-    loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
+    from adore.core.model_checks import check_model_folder
+
+    check_model_folder(model["path"])
+    try:
+        loaded = load_model(model["path"], model.get("name", ""), cfg["device"], cfg["dtype"])
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        # What the folder checks cannot see (a corrupt .bin, a tokenizer file that does not parse).
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(
+            f"model path {model['path']!r} could not be loaded ({type(error).__name__}: {reason}); "
+            "point model.path= at a complete Hugging Face model folder"
+        ) from None
     adapter = model.get("adapter")
     if adapter:
         scheme, sep, argument = str(adapter).partition(":")
@@ -120,6 +139,44 @@ def model_from_config(cfg: dict[str, Any]) -> LoadedModel:
         loaded.model = merge_adapter(loaded.model, adapter)
         loaded.name = adapted_name(loaded.name, adapter)
     return loaded
+
+
+def trained_positions(model: torch.nn.Module) -> int | None:
+    """The positions the model was trained on (``max_position_embeddings``), where its config says."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def position_notes(
+    loaded: LoadedModel, policy: KVPolicy, longest: int, what: str, quiet: bool = False
+) -> dict[str, Any]:
+    """Say on stderr when a run's sequences reach past the model's trained positions (a legitimate
+    experiment, but not the trained model's regime) or never fill the budget (an evicting method that
+    evicts nothing gives full attention's numbers under its own name). Returns the row keys that
+    record it: ``{beyond_trained_positions: True}`` or nothing."""
+    if policy.m is not None and policy.m >= longest and not quiet:
+        print(
+            f"warning: method.m={policy.m} holds all of the longest sequence ({longest} tokens, {what}): "
+            f"{policy.method_name} evicts nothing, so this run gives full attention's numbers; lower method.m",
+            file=sys.stderr,
+        )
+    reached = longest
+    if getattr(policy, "position_mode", None) == "cache" and policy.m is not None:
+        reached = min(longest, policy.m + policy.max_step_tokens)  # RoPE positions count within the cache
+    trained = trained_positions(loaded.model)
+    if trained is None or reached <= trained:
+        return {}
+    if not quiet:
+        print(
+            f"warning: {what} reach position {reached}, past the {trained} positions {loaded.name} was trained "
+            f"on (max_position_embeddings); the row records {BEYOND_POSITIONS_KEY}: true",
+            file=sys.stderr,
+        )
+    return {BEYOND_POSITIONS_KEY: True}
 
 
 class PeakMemory:
@@ -194,7 +251,13 @@ class Run:
             run_dir=self.run_dir,
             **metrics,
         )
-        append_row(self.results_dir, row)
+        try:
+            append_row(self.results_dir, row)
+        except OSError as error:  # checked before the run started; the folder changed since
+            raise ConfigError(
+                f"could not append the row to {self.results_dir / 'runs.jsonl'} ({error.strerror or error}); "
+                f"the run's outputs are in {self.run_dir}; make the folder writable and run again"
+            ) from None
         return row
 
 

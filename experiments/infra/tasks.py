@@ -50,6 +50,7 @@ class TaskSpec:
             general columns).
         summary: the line printed after a run, from its result (``None``: print nothing).
         title: how messages name a run of a task that uses no policy (default: its name).
+        uses_model: the task loads ``model.path`` (its folder is checked before the task starts).
     """
 
     name: str
@@ -59,6 +60,7 @@ class TaskSpec:
     metrics: tuple[str, ...] = ()
     summary: Callable[[Any], str | None] | None = field(default=None, repr=False)
     title: str = ""
+    uses_model: bool = True
 
     @property
     def resumable(self) -> bool:
@@ -76,13 +78,14 @@ def register_task(
     metrics: tuple[str, ...] = (),
     summary: Callable[[Any], str | None] | None = None,
     title: str = "",
+    uses_model: bool = True,
 ) -> Callable[[Callable[[Config], Any]], Callable[[Config], Any]]:
     """Decorator over a task's ``run(cfg)``. ``resumable=True`` means one row per run, hashed from
     the run's config; pass a function for tasks whose rows carry other configs (``parity``)."""
     rows_of = (_one_config if resumable is True else resumable) or None
 
     def decorate(run: Callable[[Config], Any]) -> Callable[[Config], Any]:
-        TASKS.add(name, TaskSpec(name, run, rows_of, uses_policy, tuple(metrics), summary, title))
+        TASKS.add(name, TaskSpec(name, run, rows_of, uses_policy, tuple(metrics), summary, title, uses_model))
         return run
 
     return decorate

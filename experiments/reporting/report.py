@@ -31,8 +31,9 @@ from typing import Any
 
 from adore.core.plotting import new_figure
 from adore.methods import available_methods, method_class
-from experiments.infra.results import RUNS_FILE, read_rows
+from experiments.infra.results import CI_KEYS, RUNS_FILE, read_rows
 from experiments.infra.tasks import all_tasks, register_task
+from experiments.stats import half_width
 
 COLUMNS = (
     ("method", "method"), ("model", "model"), ("m", "m"), ("R", "R"), ("extra", "other parameters"),
@@ -140,7 +141,7 @@ def load_frame(results_dir: str | Path, rows: list[dict[str, Any]] | None = None
     rows = report_rows(results_dir) if rows is None else rows
     frame = pd.DataFrame(rows)
     for key in ("task", "dataset", "model", "method", "method_params", "m", "R", "n_samples", "run_id", "run_dir",
-                *OTHER_METRICS, "context_length", "batch_size"):  # fmt: skip
+                *OTHER_METRICS, *CI_KEYS, "context_length", "batch_size"):  # fmt: skip
         if key not in frame:
             frame[key] = None
     frame["params"] = [extra_params(row) for row in rows]
@@ -155,7 +156,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if value is None or value != value:  # None or NaN
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        spread = half_width(row.get(f"{key}_ci"))
+        return f"{value:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
     return str(value)
 
 
@@ -188,6 +190,13 @@ def table_frame(frame, task: str, dataset: str):
     rows = frame[(frame["task"] == task) & (frame["dataset"] == dataset)]
     metrics = [k for k in task_metrics(task) if k in rows and rows[k].notna().any()]
     table = rows[[*IDENTITY, *metrics]].reset_index(drop=True).copy()
+    for metric in metrics:  # the 95% interval beside its metric, as two numeric columns
+        intervals = rows.get(f"{metric}_ci")
+        if intervals is not None and intervals.notna().any():
+            bounds = [ci if isinstance(ci, list | tuple) else (None, None) for ci in intervals]
+            at = table.columns.get_loc(metric) + 1
+            table.insert(at, f"{metric}_ci_lo", [b[0] for b in bounds])
+            table.insert(at + 1, f"{metric}_ci_hi", [b[1] for b in bounds])
     for key in ("m", "R", "n_samples", "context_length", "batch_size"):
         if key in table:
             table[key] = _integral(table[key])
@@ -207,8 +216,38 @@ def _text(value: Any) -> str:
 
 
 def _display(table):
-    """Titles as headers; numbers with two decimals, '-' for missing (Markdown and LaTeX)."""
-    return table.rename(columns=TITLES).astype(object).map(_text)
+    """Titles as headers; numbers with two decimals, '-' for missing, an interval as ``± half-width``
+    after its value (Markdown and LaTeX). The best value of a quality metric is bold only when its
+    interval does not overlap the next best's: overlapping intervals name no winner."""
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_ci_lo", "_ci_hi"))]).astype(object)
+    shown = shown.map(_text)
+    for metric in [c for c in table.columns if f"{c}_ci_lo" in table.columns]:
+        lo, hi = table[f"{metric}_ci_lo"], table[f"{metric}_ci_hi"]
+        for i in table.index:
+            if lo[i] is not None and lo[i] == lo[i] and table.at[i, metric] == table.at[i, metric]:
+                shown.at[i, metric] += f" ± {(hi[i] - lo[i]) / 2:.2f}"
+        winner = clear_winner(table, metric)
+        if winner is not None:
+            shown.at[winner, metric] = f"**{shown.at[winner, metric]}**"
+    return shown.rename(columns=TITLES)
+
+
+def clear_winner(table, metric: str) -> Any:
+    """The index of the row whose ``metric`` is best (highest; lowest for perplexity) when its
+    interval lies clear of every other row's; ``None`` otherwise or without intervals."""
+    if metric not in (*QUALITY, "bleu", "perplexity") or f"{metric}_ci_lo" not in table:
+        return None
+    rows = table[table[metric].notna() & table[f"{metric}_ci_lo"].notna()]
+    if len(rows) < 2:
+        return None
+    lower_better = metric == "perplexity"
+    best = rows[metric].astype(float).idxmin() if lower_better else rows[metric].astype(float).idxmax()
+    others = rows.drop(index=best)
+    if lower_better:
+        clear = rows.at[best, f"{metric}_ci_hi"] < others[f"{metric}_ci_lo"].astype(float).min()
+    else:
+        clear = rows.at[best, f"{metric}_ci_lo"] > others[f"{metric}_ci_hi"].astype(float).max()
+    return best if clear else None
 
 
 def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = None) -> list[Path]:
@@ -230,17 +269,19 @@ def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = No
         shown = _display(table)
         markdown = markdown_table(shown.to_dict("records"), tuple((c, c) for c in shown.columns))
         stem.with_suffix(".md").write_text(markdown + "\n")
+        shown_keys = [key for key in table.columns if not key.endswith(("_ci_lo", "_ci_hi"))]
         latex = (
             shown.style.hide(axis="index")
             .format(escape="latex")
             .format_index(escape="latex", axis=1)
             .to_latex(
                 hrules=True,
-                column_format="".join("l" if key in IDENTITY else "r" for key in table.columns),
+                column_format="".join("l" if key in IDENTITY else "r" for key in shown_keys),
                 caption=f"{task} results on {dataset}".replace("_", r"\_"),
                 position="htbp",
             )
         )
+        latex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", latex).replace(" ± ", r" $\pm$ ")
         stem.with_suffix(".tex").write_text(latex)
         written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
     for dataset, rows in frame[frame["task"] == "stream"].groupby("dataset", sort=True):
@@ -306,12 +347,18 @@ def _styles(labels: dict[Any, str], rows) -> dict[str, dict[str, Any]]:
 
 
 def _plot_series(axis, rows, labels: dict[Any, str], styles: dict[str, dict[str, Any]], x: str, y: str) -> None:
-    """One line per series of ``rows``: ``y`` against ``x``, points without a ``y`` left out."""
+    """One line per series of ``rows``: ``y`` against ``x``, points without a ``y`` left out, and the
+    95% interval as a band where the rows carry ``<y>_ci``."""
     for label in _series(labels, rows):
         points = rows[[labels[i] == label for i in rows.index]].sort_values(x)
         points = points[points[y].notna()]
-        if not points.empty:
-            axis.plot(points[x], points[y], label=label, **styles[label])
+        if points.empty:
+            continue
+        axis.plot(points[x], points[y], label=label, **styles[label])
+        intervals = points.get(f"{y}_ci")
+        if intervals is not None and all(isinstance(ci, list | tuple) for ci in intervals):
+            lo, hi = zip(*intervals, strict=True)
+            axis.fill_between(points[x], lo, hi, color=styles[label]["color"], alpha=0.12, linewidth=0)
 
 
 def _new_figure(panels: int, entries: int, width: float = 4.6, height: float = 3.6):

