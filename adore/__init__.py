@@ -5,8 +5,10 @@ ADORE itself lives in :mod:`adore.release`; the catalog of every method (``build
 ``available_methods``) in :mod:`adore.methods`.
 """
 
+from .core.attention import attention_logits, attention_probs
 from .core.attention_view import AttentionView
 from .core.cache import PolicyCache, PolicyLayer
+from .core.dropin import evicting
 from .core.engine import DecodingEngine, GenerationResult
 from .core.errors import BudgetViolation, ConfigError, HarnessError
 from .core.lifecycle import RunContext, TrainingData
@@ -37,6 +39,9 @@ __all__ = [
     "ScoredPolicy",
     "StepTimer",
     "TrainingData",
+    "attention_logits",
+    "attention_probs",
+    "evicting",
     "load_model",
     "merge_adapter",
     "register_method",

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adore import ConfigError, KVPolicy, register_method
-from adore.core.attention import attention_logits, attention_probs
+from adore import ConfigError, KVPolicy, attention_logits, attention_probs, register_method
 
 
 @register_method("topk")

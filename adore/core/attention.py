@@ -3,7 +3,7 @@
 Registered through transformers' public ``AttentionInterface`` (no monkeypatching, no per-model copy
 of an attention forward). Most modeling files pass the same kwargs dict to ``cache.update`` and to
 the attention function, so the cache layer publishes itself there (``kv_layer``); models that call
-``Cache.update()`` without it (GPT-NeoX) are matched through :func:`~adore.core.cache.pending_layer`.
+``Cache.update()`` without it (GPT-NeoX) are matched through :func:`~adore.core.pending.pending_layer`.
 
 What the model's attention does beyond ``softmax(q k^T * scaling) v`` is honoured from what the
 model passes to this function, per layer:
@@ -30,6 +30,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import ConfigError
+from .pending import pending_layer
 
 ATTN_IMPLEMENTATION = "kv_policy"
 # cuDNN's attention builds an execution plan per key length; in decoding the length changes every
@@ -60,8 +61,6 @@ def kv_policy_attention(
 
     Returns ``([B, q, Hq, D], None)`` like every transformers attention function.
     """
-    from .cache import pending_layer  # cache imports this module's helpers indirectly; avoid a cycle
-
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = kv_layer if kv_layer is not None else pending_layer(key)
     if layer is None:

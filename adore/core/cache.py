@@ -16,7 +16,6 @@ Mask contract (verified for transformers 5.24): ``get_seq_length()`` counts toke
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -26,21 +25,9 @@ from .attention import ATTN_IMPLEMENTATION
 from .attention_view import AttentionView
 from .errors import BudgetViolation, ConfigError
 from .families import family_name, sliding_windows
+from .pending import clear_pending, mark_pending
 from .policy import KVPolicy
 from .rope import LayerRotation
-
-# The layer whose update() ran last, for models that call ``Cache.update(k, v, layer_idx)`` without the
-# kwargs dict they later hand to the attention function (GPT-NeoX): every modeling file calls the
-# attention function right after ``update()``, with the very key tensor ``update()`` returned.
-_PENDING: ContextVar[PolicyLayer | None] = ContextVar("adore_pending_layer", default=None)
-
-
-def pending_layer(key: torch.Tensor) -> PolicyLayer | None:
-    """The layer that returned ``key`` from ``update()`` and still waits for its attention, if any."""
-    layer = _PENDING.get()
-    if layer is None or layer._step is None or layer._step.keys is not key:
-        return None
-    return layer
 
 
 def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -145,7 +132,7 @@ class PolicyLayer(DynamicLayer):
         # Publish ourselves to the attention function: through the kwargs dict that most modeling
         # files hand to both calls, and for the others (no dict) as the pending layer.
         forwarded["kv_layer"] = self
-        _PENDING.set(self)
+        mark_pending(self)
         return attention_keys, self.values
 
     # ---- masks (called by the attention function) ----------------------------------------
@@ -212,8 +199,7 @@ class PolicyLayer(DynamicLayer):
         if not self.policy.uniform and budget is not None and self.stored > budget:
             self.apply(self.plan_eviction(self.policy.target_size(self.stored)))
         self._step = self._score_mask = None
-        if _PENDING.get() is self:
-            _PENDING.set(None)
+        clear_pending(self)
 
     def plan_eviction(self, keep: int) -> EvictionPlan:
         """Which slots go: the ``keep`` slots of highest priority stay in every (sequence, KV head);
