@@ -235,7 +235,7 @@ def _sweep_job() -> int | None:
     return hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")  # absolute: run.cli works imported too
 def main(cfg: DictConfig) -> None:
     from adore import HarnessError
 
@@ -295,13 +295,14 @@ def interrupted_line(signum: int) -> str:
     )
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """What ``python run.py ARGS`` does: the command-line checks, then Hydra's ``main`` (which reads
+    ``sys.argv``), with Ctrl-C and SIGTERM turned into one line and exit 130 or 143."""
     from adore import HarnessError
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         try:
-            check_command_line(sys.argv[1:])
+            check_command_line(argv)
         except HarnessError as error:
             fail(str(error))
         main()
@@ -311,3 +312,8 @@ if __name__ == "__main__":
             signal.signal(sig, signal.SIG_IGN)
         print(f"\n{interrupted_line(signum)}", file=sys.stderr)
         sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    cli(sys.argv[1:])

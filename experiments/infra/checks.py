@@ -232,14 +232,14 @@ def check_results_dir(results_dir: str | Path, *, must_exist: bool = False) -> N
 
     folder = Path(results_dir)
     fix = "set results_dir=<a folder you can write>"
-    if must_exist:
-        if not folder.is_dir():
-            what = "is a file, not a folder" if folder.exists() else "does not exist"
-            raise ConfigError(f"results_dir {str(folder)!r} {what}; give the folder that holds runs.jsonl")
-        return
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"results_dir {str(folder)!r} is a file, not a folder; {fix}")
     try:
+        if must_exist:
+            if not folder.is_dir():
+                what = "is a file, not a folder" if folder.exists() else "does not exist"
+                raise ConfigError(f"results_dir {str(folder)!r} {what}; give the folder that holds runs.jsonl")
+            return
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"results_dir {str(folder)!r} is a file, not a folder; {fix}")
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
@@ -248,7 +248,7 @@ def check_results_dir(results_dir: str | Path, *, must_exist: bool = False) -> N
         if runs.exists():
             # Opening for append writes nothing: the file stays byte-identical.
             os.close(os.open(runs, os.O_WRONLY | os.O_APPEND))
-    except OSError as error:
+    except OSError as error:  # a name too long, a parent that is a file, /proc, a read-only folder or file
         reason = error.strerror or type(error).__name__
         where = f" ({error.filename})" if error.filename and str(error.filename) != str(folder) else ""
         raise ConfigError(f"results_dir {str(folder)!r} is not writable: {reason}{where}; {fix}") from None
