@@ -38,3 +38,13 @@ def test_the_example_method_is_under_test():
     from tests.methods_under_test import METHOD_CASES
 
     assert "knorm" in {case.name for case in METHOD_CASES}
+
+
+def test_the_drop_in_example_is_the_executed_docstring():
+    import textwrap
+
+    import adore.core.dropin as dropin
+
+    docstring = textwrap.dedent(dropin.__doc__.split("::\n", 1)[1].split("\nA cache serves", 1)[0]).strip()
+    (example,) = code_blocks(section("Model families"), "python")
+    assert example.strip() == docstring
