@@ -29,10 +29,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from adore import ConfigError
 from adore.core.plotting import new_figure
 from adore.methods import available_methods, method_class
 from experiments.infra.results import CI_KEYS, RUNS_FILE, read_rows
 from experiments.infra.tasks import all_tasks, register_task
+from experiments.reporting.paired import paired_frame, sample_scores, write_paired_tables, write_sample_tables
 from experiments.stats import half_width
 
 COLUMNS = (
@@ -597,6 +599,10 @@ def save_figures(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 @register_task("report", uses_model=False)  # prints its own table
 def run_report(cfg: dict[str, Any]) -> str:
+    reference = (cfg.get("task") or {}).get("reference") or "h2o"
+    if reference not in available_methods():
+        choices = ", ".join(available_methods())
+        raise ConfigError(f"task.reference={reference!r} is not a method; choose one of: {choices}")
     results_dir = Path(cfg["results_dir"])
     rows = report_rows(results_dir)
     frame = load_frame(results_dir, rows)
@@ -615,6 +621,9 @@ def run_report(cfg: dict[str, Any]) -> str:
         table = f"no generation rows in {results_dir / RUNS_FILE}; tables per task in {results_dir / 'tables'}"
     print(table)
     tables = write_tables(frame, results_dir / "tables", results_dir)
+    scores = sample_scores(frame, results_dir)
+    tables += write_sample_tables(scores, results_dir)
+    tables += write_paired_tables(paired_frame(frame, scores, reference), results_dir / "tables")
     figures, skipped = build_figures(frame, results_dir)
     saved = save_figures(figures, results_dir / "figures")
     print(

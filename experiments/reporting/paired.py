@@ -1,0 +1,180 @@
+"""Paired comparisons for ``task=report``: each method against ``full`` and against a reference method
+(``task.reference``, default ``h2o``) on the same samples.
+
+Two methods run on the same prompts make paired data: the per-sample difference removes what the
+samples share (a hard paper is hard for every method), so a paired test separates methods that
+unpaired intervals cannot. For every generate row, per metric, the report writes the mean
+difference, its 95% bootstrap interval, a sign-flip permutation p-value and the smallest difference
+the run could detect (80% power), from the per-sample scores in each run's ``predictions.jsonl``.
+
+Run folders are not committed, so the per-sample scores are also kept in
+``tables/samples_<dataset>.csv``; the report reads them from there when a run folder is gone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.scoring import SAMPLE_METRICS
+from experiments.stats import paired_comparison
+
+#: Per-sample metrics compared, where both runs have them.
+PAIRED_METRICS = ("rougeL", "bertscore_f1", "exact_match")
+_KEYS = ("run_id", "dataset", "model", "method", "params", "m")
+
+
+def _slug(text: Any) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "none"
+
+
+def samples_table(results_dir: Path, dataset: Any) -> Path:
+    return results_dir / "tables" / f"samples_{_slug(dataset)}.csv"
+
+
+def _from_run_folder(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    path = Path(str(row.get("run_dir") or "")) / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    records = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "scores" not in record:
+            return None  # a run from before per-sample scores
+        records.append({"sample_id": str(record["id"]), **record["scores"]})
+    return records
+
+
+def sample_scores(frame, results_dir: str | Path):
+    """Per-sample scores of every generate row in ``frame``: one row per (run, sample), with the
+    run's identity (:data:`_KEYS`) and :data:`~experiments.scoring.SAMPLE_METRICS`. From the run
+    folders, else from the committed ``tables/samples_<dataset>.csv``."""
+    import pandas as pd
+
+    results_dir = Path(results_dir)
+    rows = frame[frame["task"] == "generate"] if not frame.empty else frame
+    kept: dict[Any, Any] = {}
+    records = []
+    for _, row in rows.iterrows():
+        found = _from_run_folder(row)
+        if found is None:
+            dataset = row["dataset"]
+            if dataset not in kept:
+                path = samples_table(results_dir, dataset)
+                kept[dataset] = pd.read_csv(path, dtype={"sample_id": str}) if path.is_file() else None
+            table = kept[dataset]
+            if table is None:
+                continue
+            found = table[table["run_id"] == row["run_id"]].drop(columns=list(_KEYS), errors="ignore")
+            found = found.to_dict("records")
+        records += [{**{key: row[key] for key in _KEYS}, **record} for record in found]
+    columns = [*_KEYS, "sample_id", *SAMPLE_METRICS]
+    return pd.DataFrame(records, columns=columns) if records else pd.DataFrame(columns=columns)
+
+
+def write_sample_tables(scores, results_dir: str | Path) -> list[Path]:
+    """``tables/samples_<dataset>.csv`` for every dataset with per-sample scores."""
+    written = []
+    for dataset, group in scores.groupby("dataset", sort=True):
+        path = samples_table(Path(results_dir), dataset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def _best_partner(candidates, scores, run_id: str):
+    """Of the runs ``candidates`` (rows), the one sharing the most samples with ``run_id``."""
+    mine = set(scores.loc[scores["run_id"] == run_id, "sample_id"])
+    best, shared = None, 0
+    for _, candidate in candidates.iterrows():
+        overlap = len(mine & set(scores.loc[scores["run_id"] == candidate["run_id"], "sample_id"]))
+        if overlap > shared:
+            best, shared = candidate, overlap
+    return best
+
+
+def paired_frame(frame, scores, reference: str = "h2o"):
+    """One record per (generate row, opponent, metric): ``full`` (any budget) and ``reference`` at
+    the same ``m``, compared on the samples both ran."""
+    import pandas as pd
+
+    out = []
+    rows = frame[frame["task"] == "generate"]
+    for (dataset, model), group in rows.groupby(["dataset", "model"], sort=True):
+        for _, row in group.iterrows():
+            for opponent in ("full", reference):
+                if row["method"] == opponent:
+                    continue
+                candidates = group[group["method"] == opponent]
+                if opponent != "full":
+                    candidates = candidates[candidates["m"] == row["m"]]
+                partner = _best_partner(candidates, scores, row["run_id"])
+                if partner is None:
+                    continue
+                mine = scores[scores["run_id"] == row["run_id"]].set_index("sample_id")
+                theirs = scores[scores["run_id"] == partner["run_id"]].set_index("sample_id")
+                shared = mine.index.intersection(theirs.index)
+                for metric in PAIRED_METRICS:
+                    a, b = mine.loc[shared, metric], theirs.loc[shared, metric]
+                    if a.isna().any() or b.isna().any():
+                        continue
+                    result = paired_comparison(a.to_numpy(float), b.to_numpy(float))
+                    if result is None:
+                        continue
+                    out.append({"dataset": dataset, "model": model, "method": row["method"],
+                                "params": row["params"], "m": row["m"], "versus": opponent, "metric": metric,
+                                "n": result.n, "difference": result.difference, "ci_lo": result.ci[0],
+                                "ci_hi": result.ci[1], "p_value": result.p_value, "detectable": result.detectable,
+                                "significant": result.significant})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _markdown(table) -> str:
+    header = "| method | params | m | vs | metric | n | difference (95% CI) | p | detectable | |"
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for record in table.to_dict("records"):
+        m = "-" if record["m"] != record["m"] or record["m"] is None else int(record["m"])
+        half = (record["ci_hi"] - record["ci_lo"]) / 2
+        verdict = "differs" if record["significant"] else "no detectable difference"
+        lines.append(
+            f"| {record['method']} | {record['params']} | {m} | {record['versus']} | {record['metric']} | "
+            f"{record['n']} | {record['difference']:+.2f} ± {half:.2f} | {record['p_value']:.3f} | "
+            f"{record['detectable']:.2f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def write_paired_tables(paired, out_dir: str | Path) -> list[Path]:
+    """``paired_<dataset>.md``, ``.tex`` and ``.csv``: the paired comparisons of each dataset. The
+    Markdown ends with the power note: "no detectable difference" means the difference was smaller
+    than the run could see, not that there is none."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    if paired.empty:
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset, table in paired.groupby("dataset", sort=True):
+        stem = out / f"paired_{_slug(dataset)}"
+        table.to_csv(stem.with_suffix(".csv"), index=False)
+        note = (
+            "\n\nDifferences are the method minus `vs`, per sample, on the samples both ran (0-100 scales). "
+            "p: two-sided sign-flip permutation test. detectable: the smallest true difference these "
+            "samples would detect four times in five (alpha 0.05); a smaller one reads as "
+            '"no detectable difference", which is not evidence of no difference.'
+        )
+        stem.with_suffix(".md").write_text(_markdown(table) + note + "\n")
+        shown = table.assign(difference=table["difference"].round(2), ci_lo=table["ci_lo"].round(2),
+                             ci_hi=table["ci_hi"].round(2), p_value=table["p_value"].round(3),
+                             detectable=table["detectable"].round(2)).drop(columns=["dataset"])  # fmt: skip
+        latex = (
+            shown.style.hide(axis="index")
+            .format(escape="latex", precision=2)
+            .to_latex(hrules=True, caption=f"Paired comparisons on {dataset}".replace("_", r"\_"), position="htbp")
+        )
+        stem.with_suffix(".tex").write_text(latex)
+        written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
+    return written

@@ -1,0 +1,57 @@
+"""The report's paired comparisons: from per-sample scores in run folders, kept in
+tables/samples_<dataset>.csv so they regenerate without the folders, and a method made worse is
+told apart while an equal one is not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.infra.results import append_row, make_row
+from experiments.reporting.report import run_report
+
+MODEL = "smollm2-135m"
+
+
+def write_run(results_dir, method: str, m: int | None, rouge: np.ndarray) -> None:
+    run_dir = results_dir / "runs" / f"{method}-{m}"
+    run_dir.mkdir(parents=True)
+    with (run_dir / "predictions.jsonl").open("w") as handle:
+        for i, value in enumerate(rouge):
+            scores = {"rouge1": value, "rouge2": value / 2, "rougeL": value, "bertscore_f1": 40 + value,
+                      "sentence_bleu": value / 3}  # fmt: skip
+            handle.write(json.dumps({"id": f"paper-{i}", "prediction": "p", "reference": "r", "scores": scores}) + "\n")
+    append_row(results_dir, make_row(
+        run_id=f"{method}-{m}", task="generate", method=method, method_params={"m": m}, m=m, dataset="aclsum",
+        n_samples=len(rouge), model=MODEL, rougeL=float(rouge.mean()), bertscore_f1=40 + float(rouge.mean()),
+        run_dir=str(run_dir),
+    ))  # fmt: skip
+
+
+def test_paired_tables_separate_a_worse_method_and_survive_without_run_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    full = rng.uniform(10, 40, size=48)
+    window = full - 6 + rng.normal(0, 1, size=48)  # clearly worse
+    write_run(tmp_path, "full", None, full)
+    write_run(tmp_path, "h2o", 32, full + rng.normal(0, 1, size=48))  # the same, with noise
+    write_run(tmp_path, "window", 32, window)
+    run_report({"results_dir": str(tmp_path), "task": {"name": "report", "reference": "h2o"}})
+
+    paired = pd.read_csv(tmp_path / "tables" / "paired_aclsum.csv")
+    rouge = paired[paired["metric"] == "rougeL"].set_index(["method", "versus"])
+    assert rouge.loc[("window", "full"), "significant"] and rouge.loc[("window", "h2o"), "significant"]
+    assert not rouge.loc[("h2o", "full"), "significant"]
+    assert rouge.loc[("window", "full"), "ci_hi"] < 0 < rouge.loc[("h2o", "full"), "ci_hi"]
+    assert rouge.loc[("window", "full"), "difference"] == pytest.approx(float(np.mean(window - full)))
+    assert (rouge["n"] == 48).all()
+    markdown = (tmp_path / "tables" / "paired_aclsum.md").read_text()
+    assert "no detectable difference" in markdown and "detectable:" in markdown
+
+    before = paired.to_csv(index=False)
+    shutil.rmtree(tmp_path / "runs")  # run folders are not committed
+    run_report({"results_dir": str(tmp_path), "task": {"name": "report", "reference": "h2o"}})
+    assert pd.read_csv(tmp_path / "tables" / "paired_aclsum.csv").to_csv(index=False) == before
