@@ -189,3 +189,26 @@ def test_a_parameter_swept_at_a_fixed_budget_gets_a_figure_and_one_derived_from_
     figures, _ = build_figures(frame, ".")
     assert f"h2o_vs_heavy_ratio_aclsum_{MODEL}" in figures
     assert not any(stem.startswith("kv_compression_vs") for stem in figures)
+
+
+def test_tables_show_intervals_and_bold_only_a_clear_winner(tmp_path):
+    def row(method: str, rouge: float, ci: list[float]):
+        return make_row(run_id=method, task="generate", method=method, method_params={"m": 64}, m=64,
+                        dataset="aclsum", n_samples=64, model=MODEL, rougeL=rouge, rougeL_ci=ci,
+                        bertscore_f1=50.0, bertscore_f1_ci=[45.0, 55.0])  # fmt: skip
+
+    clear = [row("h2o", 30.0, [28.0, 32.0]), row("window", 20.0, [18.0, 22.0])]
+    run_report({"results_dir": str(_results(tmp_path / "clear", clear)), "task": {"name": "report"}})
+    markdown = (tmp_path / "clear" / "tables" / "generate_aclsum.md").read_text()
+    assert "**30.00 ± 2.00**" in markdown and "| 20.00 ± 2.00 |" in markdown
+    assert "**50.00" not in markdown  # equal BERTScore intervals: no winner
+    assert r"\textbf{30.00 $\pm$ 2.00}" in (tmp_path / "clear" / "tables" / "generate_aclsum.tex").read_text()
+    overlapping = [row("h2o", 30.0, [24.0, 36.0]), row("window", 28.0, [22.0, 34.0])]
+    run_report({"results_dir": str(_results(tmp_path / "overlap", overlapping)), "task": {"name": "report"}})
+    assert "**" not in (tmp_path / "overlap" / "tables" / "generate_aclsum.md").read_text()
+
+
+def _results(folder: Path, rows: list[dict]) -> Path:
+    for row in rows:
+        append_row(folder, row)
+    return folder
