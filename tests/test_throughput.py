@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 
 from adore.methods import build_policy
-from experiments.results import ROW_KEYS, THROUGHPUT_KEYS, read_rows
+from experiments.results import ROW_KEYS, SPREAD_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
     decode_kv_tokens,
     kv_bytes_per_token,
@@ -113,7 +113,8 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     ]
     per_token = 46_080
     for row in rows:
-        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS
+        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS + SPREAD_KEYS
+        assert 0 < row["decode_tok_s_p10"] <= row["decode_tok_s_p90"]
         assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["peak_mem_mb"] > 0
         assert row["ms_per_token_p50"] <= row["ms_per_token_p90"]
         # The cache after the last step holds the prompt and every generated token but the last.

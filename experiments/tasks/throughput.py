@@ -200,6 +200,14 @@ class Measurement:
     def decode_tok_s(self) -> float:
         return self.batch_size * len(self.step_s) / sum(self.step_s)
 
+    def decode_tok_s_spread(self) -> tuple[float | None, float | None]:
+        """p10 and p90 of the per-step decode rate (tokens/s) over every timed step of every repeat:
+        how much of the mean a shared machine's noise could move."""
+        if len(self.step_s) < 2:
+            return None, None
+        p10, p90 = statistics.quantiles([self.batch_size / s for s in self.step_s], n=10)[0::8]
+        return p10, p90
+
 
 class _StampEachToken:
     """A logits processor that stamps the step timer: ``generate`` calls it once per new token."""
@@ -339,6 +347,7 @@ class ThroughputRun:
     def write_row(self, task: str, spec: MethodSpec, policy: KVPolicy | None, point: Measurement,
                   context_length: int, began: float) -> dict[str, Any]:  # fmt: skip
         p50, p90 = latency_percentiles(point.step_s)
+        rate_p10, rate_p90 = point.decode_tok_s_spread()
         row = build_row(
             self.cfg,
             run_id=f"{self.run_id}-{len(self.rows):03d}",
@@ -352,6 +361,8 @@ class ThroughputRun:
             n_samples=point.batch_size,
             prefill_tok_s=clean_number(point.prompt_tokens / point.prefill_s, 2),
             decode_tok_s=clean_number(point.decode_tok_s, 2),
+            decode_tok_s_p10=clean_number(rate_p10, 2),
+            decode_tok_s_p90=clean_number(rate_p90, 2),
             ms_per_token_p50=clean_number(p50, 2),
             ms_per_token_p90=clean_number(p90, 2),
             peak_mem_mb=clean_number(point.peak_mem_mb, 1),
