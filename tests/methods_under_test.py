@@ -44,6 +44,12 @@ class MethodCase:
     params: dict[str, Any] = field(default_factory=dict)
     bound_by: str | None = "m"
     ready: Callable[[KVPolicy, torch.nn.Module], KVPolicy] | None = None
+    holds: Callable[[int], int] | None = None
+
+    def holding(self, tokens: int) -> int:
+        """The bound under which every layer holds ``tokens`` tokens (``tokens`` itself, unless the bound
+        is an average over layers, as PyramidKV's ``m``)."""
+        return self.holds(tokens) if self.holds else tokens
 
     @property
     def id(self) -> str:
@@ -67,6 +73,16 @@ VARIANTS = [
     MethodCase("adore", {"R": 3, "K": 4}, ready=bind_random_controller),
     MethodCase("adore", {"R": 3, "K": 4, "slicing": "matmul"}, ready=bind_random_controller),
     MethodCase("adore", {"R": 0, "K": 4, "scorer": "oracle"}),
+    # SnapKV's window (32 by default) must be below m; the generic tests bound m at 10.
+    MethodCase("snapkv", {"window": 4, "kernel": 3}),
+    MethodCase("snapkv", {"window": 4, "kernel": 3, "pooling": "avgpool", "interval": 4}),
+    # PyramidKV's m is the layers' average: its last layer keeps window + (m - window) / beta.
+    MethodCase("pyramidkv", {"window": 2, "kernel": 3, "beta": 4}, holds=lambda n: 2 + 4 * (n - 2)),
+    MethodCase("adakv", {"scorer_params": {"window": 4, "kernel": 3}}),
+    MethodCase("adakv", {"scorer": "tova", "floor": 0.5}),
+    MethodCase("tova", {"heads": "layer"}),
+    MethodCase("tova"),
+    MethodCase("quest", {"page_size": 4, "skip_layers": 1}, bound_by="K"),
 ]
 
 METHOD_CASES = VARIANTS + [

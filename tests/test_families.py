@@ -189,7 +189,7 @@ def test_full_equals_native_generate_alone_and_in_a_padded_batch(served):
 def test_every_method_with_a_bound_above_the_sequence_equals_full(served, case):
     skip_if_refused(served, case)
     bound = max(PROMPTS) + NEW_TOKENS
-    engine = DecodingEngine(served.model, case.build(served.model, bound=bound), pad_token_id=0)
+    engine = DecodingEngine(served.model, case.build(served.model, bound=case.holding(bound)), pad_token_id=0)
     assert engine.generate(served.prompts, NEW_TOKENS).tokens == served.full
 
 

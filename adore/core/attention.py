@@ -82,7 +82,10 @@ def kv_policy_attention(
         mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [B, Hq, q, K]
     policy = layer.policy
     if policy.overrides_attention:
-        out = policy.attend(module, query, key, value, mask, scaling, **_modifiers(policy, module, softcap, s_aux))
+        modifiers = _modifiers(policy, module, softcap, s_aux)
+        if "layer" in inspect.signature(policy.attend).parameters:
+            modifiers["layer"] = layer  # a policy that reads the slots' positions (Quest's pages)
+        out = policy.attend(module, query, key, value, mask, scaling, **modifiers)
     elif softcap is not None or s_aux is not None:
         out = eager_attention(query, key, value, mask, scaling, softcap, s_aux)
     elif query.shape[2] == 1 and mask is None and query.shape[1] != key.shape[1]:

@@ -57,6 +57,7 @@ class EvictionPlan:
 
     victim: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    keep: torch.Tensor | None = None  # [B, H, S'] bool after ``index``: False marks a slot dropped (ragged heads)
 
 
 class PolicyLayer(DynamicLayer):
@@ -83,6 +84,7 @@ class PolicyLayer(DynamicLayer):
         self.has_invalid = False
         self.step_rope_positions: torch.Tensor | None = None  # positions RoPE saw for this step's tokens
         self.peak_stored = 0
+        self.feeds = 0  # forward steps that appended to this layer (the prefill is the first)
         self._step: _Step | None = None  # set by update(), cleared once evicted after attention
         self._score_mask: torch.Tensor | None = None  # this step's visibility, for AttentionView
 
@@ -122,6 +124,7 @@ class PolicyLayer(DynamicLayer):
             self.owner.note_positions(new_pos, new_valid)
         self.has_invalid = self.has_invalid or not self.owner.step_all_valid
         self.seen += q
+        self.feeds += 1
         rope = forwarded.get("position_ids")
         self.step_rope_positions = new_pos if rope is None else rope
         self.policy.on_append(self, q)
@@ -195,15 +198,17 @@ class PolicyLayer(DynamicLayer):
             view = AttentionView(query, self._step.keys, self._score_mask, scaling, softcap=softcap, sinks=sinks)
             self.policy.observe(self, view)
         self.peak_stored = max(self.peak_stored, self.stored)
-        budget = self.policy.budget
-        if not self.policy.uniform and budget is not None and self.stored > budget:
-            self.apply(self.plan_eviction(self.policy.target_size(self.stored)))
+        if not self.policy.uniform and self.policy.evicts_now(self):
+            self.apply(self.plan_eviction(self.policy.layer_target(self)))
         self._step = self._score_mask = None
         clear_pending(self)
 
     def plan_eviction(self, keep: int) -> EvictionPlan:
         """Which slots go: the ``keep`` slots of highest priority stay in every (sequence, KV head);
         padding goes first."""
+        selected = self.policy.selection(self)
+        if selected is not None:
+            return self._plan_ragged(selected & self.valid)
         priority = self.policy.priority(self).masked_fill(~self.valid, float("-inf"))
         # Equal priorities go oldest first, never by slot index: slot order differs between a sequence
         # alone and in a padded batch, and after one-in/one-out overwrites (repeated tokens give knorm
@@ -217,6 +222,15 @@ class PolicyLayer(DynamicLayer):
         index = newest_first.gather(-1, ranked[..., :keep])
         return EvictionPlan(index=index.sort(dim=-1).values)  # [B, H, keep]
 
+    def _plan_ragged(self, selected: torch.Tensor) -> EvictionPlan:
+        """Keep-sets of different sizes per head (``selected`` ``[B, H, S]`` bool): every head keeps the
+        widest head's count of slots, its selected ones first (in position order), the rest marked dropped."""
+        width = max(1, int(selected.sum(-1).max()))
+        order = torch.where(selected, self.positions, self.positions - (1 << 62))  # selected rank above the rest
+        index = order.argsort(dim=-1, descending=True, stable=True)[..., :width]
+        index = index.sort(dim=-1).values
+        return EvictionPlan(index=index, keep=selected.gather(-1, index))
+
     def apply(self, plan: EvictionPlan) -> None:
         if plan.victim is not None:
             # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
@@ -227,6 +241,9 @@ class PolicyLayer(DynamicLayer):
             self.select_by_matmul(plan.index)
         else:
             self.gather(plan.index)
+        if plan.keep is not None:
+            self.valid = self.valid & plan.keep
+            self.has_invalid = True
         self._refresh_invalid()
 
     def gather(self, index: torch.Tensor, skip: int = 0) -> None:
@@ -345,10 +362,10 @@ class PolicyCache(Cache):
     def evict_uniform(self) -> None:
         """For policies whose keep-set is the same in every layer and head (``policy.uniform``): plan
         once, from layer 0, after the whole forward, and apply the plan to every layer."""
-        budget, first = self.policy.budget, self.layers[0]
-        if budget is None or first.stored <= budget:
+        first = self.layers[0]
+        if not self.policy.evicts_now(first):
             return
-        plan = first.plan_eviction(self.policy.target_size(first.stored))
+        plan = first.plan_eviction(self.policy.layer_target(first))
         for layer in self.layers:
             layer.apply(plan)
 
@@ -379,7 +396,6 @@ class PolicyCache(Cache):
 
     def check_budget(self) -> None:
         """Raise if any layer holds more than the budget or a step's eviction never ran."""
-        budget = self.policy.budget
         for layer in self.layers:
             if layer._step is not None:
                 implementation = getattr(self.config, "_attn_implementation", None)
@@ -392,8 +408,9 @@ class PolicyCache(Cache):
                     f"layer {layer.layer_idx} appended tokens but was never evicted: load the model "
                     "with attn_implementation='kv_policy' (adore.models.load_model does)"
                 )
-            if budget is not None and layer.stored > budget:
-                raise BudgetViolation(f"layer {layer.layer_idx} holds {layer.stored} > m={budget} tokens")
+            problem = self.policy.budget_violation(layer)
+            if problem is not None:
+                raise BudgetViolation(f"layer {layer.layer_idx} {problem}")
 
     def kv_bytes(self) -> int:
         return sum(layer.kv_bytes() for layer in self.layers)

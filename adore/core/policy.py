@@ -130,10 +130,41 @@ class KVPolicy:
         """Replacement attention (only when ``overrides_attention``); returns ``[B, q, Hq, D]``."""
         raise NotImplementedError
 
+    # ---- per-layer budgets and schedules (all optional; the defaults are "m, every step") ----------
+    def layer_budget(self, layer: PolicyLayer) -> int | None:
+        """The most slots ``layer`` may hold after a step (default: :attr:`budget`, the same in every
+        layer). PyramidKV's budgets shrink with depth; a method that compresses every few steps
+        (SnapKV's ``interval``) declares its slack here, and the engine asserts exactly this."""
+        return self.budget
+
+    def evicts_now(self, layer: PolicyLayer) -> bool:
+        """Whether ``layer`` evicts after this step's attention (default: when over its budget)."""
+        budget = self.layer_budget(layer)
+        return budget is not None and layer.stored > budget
+
+    def layer_target(self, layer: PolicyLayer) -> int:
+        """How many slots per (sequence, KV head) ``layer`` keeps when it evicts (default: :meth:`target_size`)."""
+        return self.target_size(layer.stored)
+
+    def selection(self, layer: PolicyLayer) -> torch.Tensor | None:
+        """Ragged per-head keep-sets: ``[B, H, S]`` bool, the slots to keep (Ada-KV's budgets per head),
+        or ``None`` (default) for the ``layer_target`` highest-priority slots of every head. The layer
+        stores the widest head's count and marks the rest of the narrower heads' slots invalid (masked,
+        and dropped first at the next eviction), so the KV bytes it reports are those it holds."""
+        return None
+
+    def budget_violation(self, layer: PolicyLayer) -> str | None:
+        """What is wrong with ``layer``'s size after a step (``None``: nothing); the engine raises it."""
+        budget = self.layer_budget(layer)
+        if budget is not None and layer.stored > budget:
+            return f"holds {layer.stored} > m={budget} tokens"
+        return None
+
     # ---- helpers ----------------------------------------------------------------------
     @property
     def budget(self) -> int | None:
-        """The most slots a layer may hold after a step (``None``: unbounded)."""
+        """The most slots a layer may hold after a step (``None``: unbounded). With per-layer budgets
+        (:meth:`layer_budget`) this is the largest a layer can be given."""
         return self.m
 
     def describe(self) -> dict:
