@@ -55,7 +55,9 @@ class Quest(KVPolicy):
     def pages(self) -> int:
         return max(3, self.K // self.page_size)
 
-    def attend(self, module, query, key, value, mask, scaling, softcap=None, sinks=None, layer: PolicyLayer | None = None):
+    def attend(
+        self, module, query, key, value, mask, scaling, softcap=None, sinks=None, layer: PolicyLayer | None = None
+    ):
         Hq, q = query.shape[1], query.shape[2]
         n_rep = Hq // key.shape[1]
         logits = attention_logits(query.float(), key.float(), scaling, softcap)  # [B, Hq, q, S]
