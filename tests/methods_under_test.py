@@ -88,3 +88,12 @@ VARIANTS = [
 METHOD_CASES = VARIANTS + [
     MethodCase(name) for name in available_methods() if name not in {case.name for case in VARIANTS}
 ]
+
+
+def holds_as_declared(policy: KVPolicy, layer) -> bool:
+    """After a run that evicted, ``layer`` holds what ``policy`` declares for it: at least what one
+    eviction keeps (``layer_target``) and at most its budget (``layer_budget``: per layer for PyramidKV,
+    with SnapKV's ``interval - 1`` of slack). Slots are counted live, per KV head, in the fullest
+    sequence (Ada-KV's heads hold different counts; their mean is its ``m``)."""
+    live = int(layer.valid.sum(dim=(1, 2)).max()) // layer.valid.shape[1]
+    return policy.layer_target(layer) <= live <= policy.layer_budget(layer)
