@@ -82,7 +82,8 @@ VARIANTS = [
     MethodCase("adakv", {"scorer": "tova", "floor": 0.5}),
     MethodCase("tova", {"heads": "layer"}),
     MethodCase("tova"),
-    MethodCase("quest", {"page_size": 4, "skip_layers": 1}, bound_by="K"),
+    # Quest reads K // page_size whole pages: n tokens need ceil(n / page_size) of them.
+    MethodCase("quest", {"page_size": 4, "skip_layers": 1}, bound_by="K", holds=lambda n: 4 * -(-n // 4)),
 ]
 
 METHOD_CASES = VARIANTS + [
