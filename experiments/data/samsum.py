@@ -1,5 +1,7 @@
-"""``dataset=samsum``: SAMSum (``Samsung/samsum``, CC BY-NC-ND 4.0), about 16k messenger-style
-dialogues with one-or-two-sentence human summaries; test split 819 dialogues. Input: the dialogue;
+"""``dataset=samsum``: SAMSum (CC BY-NC-ND 4.0), about 16k messenger-style dialogues with
+one-or-two-sentence human summaries; test split 819 dialogues. Read from ``knkarthick/samsum``, a
+Parquet copy with the original's columns: ``Samsung/samsum`` is gone from the hub and was a
+loading-script dataset, which ``datasets`` >= 4 cannot load. Input: the dialogue;
 reference: the summary. Needs the hub; offline stand-in: ``dataset=aclsum``. ``dataset.path=``
 takes a local .json/.jsonl/.parquet/.csv file with the hub's columns (``id``, ``dialogue``,
 ``summary``).
@@ -11,7 +13,7 @@ from . import Sample, register_dataset
 from .hub import check_columns, hub_rows
 
 PROMPT = "Summarize the following dialogue in one or two sentences.\n\n{dialogue}"
-HUB_ID = "Samsung/samsum"
+HUB_ID = "knkarthick/samsum"
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 FILE_HINT = "samsum-format .json/.jsonl/.parquet (columns id, dialogue, summary)"
 
