@@ -16,7 +16,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 method.m=128 results_dir=$(DEMO_D
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval throughput paper paper-small
+.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -67,6 +67,12 @@ paper: setup
 	$(PY) run.py task=report
 
 # The pipeline in small (~4 min, ~7 with ADORE's training): ACLSum, 4 papers, every method at m=32, 64, 128.
+# Every method on ACLSum at m = 32, 64, 128 (the recall methods at K = 32, 64, 128), then the report.
+every-method: setup
+	$(PY) run.py -m +experiment=every_method results_dir=results/every_method
+	$(PY) run.py -m +experiment=every_method method=topk,quest method.K=32,64,128 results_dir=results/every_method
+	$(PY) run.py task=report results_dir=results/every_method
+
 paper-small: setup
 	$(PY) run.py -m +experiment=paper_small results_dir=results/paper_small
 	$(PY) run.py task=report results_dir=results/paper_small

@@ -16,6 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path(os.environ.get("ADORE_MODELS_DIR", ROOT / "models")) / "smollm2-135m"
 
 
+def conf_choices(group: str) -> str:
+    """The files of a config group, as an unknown-name error lists them: a new file must show up there."""
+    return ", ".join(sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml")))
+
+
+METHOD_FILES = conf_choices("method")
+
+
 def tiny_llama(attn_implementation: str | None = None, seed: int = 0) -> torch.nn.Module:
     """A 2-layer Llama with grouped-query attention (4 query heads, 2 KV heads), random weights."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -26,7 +26,7 @@ import pytest
 import run
 from adore import ConfigError, HarnessError
 from experiments.infra.results import append_row, make_row, read_rows
-from tests.conftest import ROOT, SMOLLM2
+from tests.conftest import METHOD_FILES, ROOT, SMOLLM2, conf_choices
 
 ROOT_USER = os.geteuid() == 0  # permissions do not stop root: those cases are checked by patching below
 
@@ -113,7 +113,7 @@ CASES = [
     Case("path-needs-quotes", ("task=stream", "dataset=text", "dataset.path={tmp}/my book (1).txt"), 2,
          "cannot parse the override 'dataset.path={tmp}/my book (1).txt'"),
     # ---- earlier issues (tests/test_cli.py, tests/test_sweeps.py)
-    Case("unknown-method", ("method=nope",), 2, "unknown method 'nope'; choose one of: adore, full, h2o"),
+    Case("unknown-method", ("method=nope",), 2, f"unknown method 'nope'; choose one of: {METHOD_FILES} (files in conf/method/)"),
     Case("unknown-dataset", ("dataset=nope",), 2, "unknown dataset 'nope'; choose one of: aclsum"),
     Case("m-zero", ("method=h2o", "method.m=0"), 2, "method.m must be a positive integer, got 0"),
     Case("m-negative", ("method=window", "method.m=-5"), 2, "method.m must be a positive integer, got -5"),
@@ -128,7 +128,7 @@ CASES = [
          "unknown method 'nope' in task.methods"),
     Case("unknown-key", ("foo=1",), 2, "unknown key 'foo'; `python run.py --cfg job` lists every key"),
     Case("unknown-dataset-key", ("dataset.foo=1",), 2, "unknown key 'dataset.foo'"),
-    Case("unknown-experiment", ("+experiment=nope",), 2, "unknown experiment 'nope'; choose one of: adore-7b, paper"),
+    Case("unknown-experiment", ("+experiment=nope",), 2, f"unknown experiment 'nope'; choose one of: {conf_choices('experiment')} (files in conf/experiment/)"),
     Case("unknown-launcher", ("hydra/launcher=nope",), 2, "unknown hydra/launcher 'nope'; choose one of: basic, joblib"),
     Case("unknown-hydra-key", ("hydra.launcher.n_jobs=2",), 2, "unknown key 'hydra.launcher.n_jobs'"),
     Case("sweep-unknown-method", ("-m", "method=window,nope"), 2, "unknown method 'nope'"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments.results import ROW_KEYS
-from tests.conftest import ROOT
+from tests.conftest import METHOD_FILES, ROOT
 
 
 def run_cli(*args: str, results_dir) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def run_cli(*args: str, results_dir) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["method=nope"], "error: unknown method 'nope'; choose one of: adore, full, h2o"),
+        (["method=nope"], f"error: unknown method 'nope'; choose one of: {METHOD_FILES} (files in conf/method/)"),
         (["dataset=nope"], "error: unknown dataset 'nope'; choose one of: aclsum"),
         (["method=h2o", "method.m=0"], "error: method.m must be a positive integer, got 0"),
         (["method=window", "method.m=-5"], "error: method.m must be a positive integer, got -5"),

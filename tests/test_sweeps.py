@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from experiments.results import append_row, config_hash, make_row, read_rows
 from experiments.runtime import Run, policy_from_config
 from experiments.sweep import canonical_config, resume_check
-from tests.conftest import ROOT
+from tests.conftest import ROOT, conf_choices
 
 PRESETS = ("sweep_m", "sweep_R", "paper", "paper_stream", "paper_small")
 
@@ -123,7 +123,10 @@ def test_a_launcher_override_passes_the_checks(tmp_path):
     [
         (["foo=1"], "error: unknown key 'foo'; `python run.py --cfg job` lists every key"),
         (["dataset.foo=1"], "error: unknown key 'dataset.foo'"),
-        (["+experiment=nope"], "error: unknown experiment 'nope'; choose one of: adore-7b, paper, paper_small"),
+        (
+            ["+experiment=nope"],
+            f"error: unknown experiment 'nope'; choose one of: {conf_choices('experiment')} (files in conf/experiment/)",
+        ),
         (["hydra/launcher=nope"], "error: unknown hydra/launcher 'nope'; choose one of: basic, joblib, submitit_local"),
         (["hydra.launcher.n_jobs=2"], "error: unknown key 'hydra.launcher.n_jobs'"),
         (["-m", "method=window,nope"], "error: unknown method 'nope'"),
