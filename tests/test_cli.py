@@ -56,7 +56,8 @@ def test_generate_run_writes_row_and_predictions(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     intervals = ("bleu_ci", "rouge1_ci", "rouge2_ci", "rougeL_ci", "bertscore_f1_ci")
-    assert tuple(row) == ROW_KEYS + intervals
+    assert tuple(row) == ROW_KEYS + intervals + ("kv_decode_mb",)
+    assert 0 < row["kv_decode_mb"] < row["kv_cache_mb"]  # the prefill held a whole ACLSum paper in a layer
     assert all(row[k][0] <= row[k.removesuffix("_ci")] <= row[k][1] for k in intervals if k != "bleu_ci")
     assert row["method"] == "h2o" and row["m"] == 32 and row["n_samples"] == 2
     assert row["method_params"] == {"m": 32, "heavy_ratio": 0.5}

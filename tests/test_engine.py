@@ -12,6 +12,7 @@ from adore import BudgetViolation, DecodingEngine, PolicyCache
 from adore.methods import build_policy
 from baselines.window import WindowAttention
 from tests.conftest import random_prompts, tiny_llama
+from tests.methods_under_test import bind_random_controller
 
 
 def hf_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
@@ -103,3 +104,42 @@ def test_tokens_fed_at_earlier_positions_equal_one_by_one(tiny_model):
     # And it differs from ignoring positions (the index-causal mask would let token@12 see 20..29).
     plain = tiny_model(input_ids=new_ids, cache=cache_without_10_to_19(), logits_to_keep=3).logits
     assert (plain[0, 0] - together[0, 0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "prefill_slots", "decode_slots"),
+    [
+        # Reserved slots summed over the 2 layers (prompt 20, 6 new tokens, m = 8).
+        ("full", {}, 2 * (20 + 6), 2 * (20 + 6)),  # once, for prompt + new tokens
+        ("window", {"m": 8}, 2 * 20, 2 * (8 + 1)),  # one plan after the forward: the prompt in both layers
+        ("h2o", {"m": 8}, 20 + (8 + 1), 2 * (8 + 1)),  # evicts layer by layer: the prompt in one at a time
+        ("adore", {"m": 8, "R": 3, "K": 4}, 2 * 20, 2 * (8 + 1 + 3)),  # m + the current token + R rebuilt
+    ],
+)
+def test_kv_bytes_are_the_most_reserved_at_any_moment(tiny_model, method, params, prefill_slots, decode_slots):
+    """One memory figure: the high-water mark of the KV bytes the cache reserves, the prefill included
+    (``kv_peak_bytes``), and the same over the decode steps (``kv_decode_peak_bytes``): a bounded layer
+    reserves its budget plus one step's tokens, whatever it holds at the end."""
+    per_slot = 2 * 2 * 16 * 4  # keys and values x 2 KV heads x head dim 16 x fp32
+    policy = build_policy(method, **params)
+    if method == "adore":
+        policy = bind_random_controller(policy, tiny_model)
+    result = DecodingEngine(tiny_model, policy).generate(random_prompts([20]), 6)
+    assert result.kv_peak_bytes == max(prefill_slots, decode_slots) * per_slot
+    assert result.kv_decode_peak_bytes == decode_slots * per_slot
+
+
+def test_storage_is_written_in_place(tiny_model):
+    """A bounded cache keeps one buffer per layer from the first decode step on (no per-step copy of
+    the cache); full attention allocates once for the announced length."""
+    for method, params in (("h2o", {"m": 8}), ("window", {"m": 8}), ("full", {})):
+        engine = DecodingEngine(tiny_model, build_policy(method, **params))
+        cache = engine.new_cache()
+        cache.expected_length = 20 + 6
+        prompt = torch.tensor([random_prompts([20])[0]])
+        engine.forward(cache, prompt, torch.arange(20)[None])
+        buffers = [layer.slots.buffers["keys"].data_ptr() for layer in cache.layers]
+        for step in range(5):
+            engine.forward(cache, torch.tensor([[7]]), torch.tensor([[20 + step]]))
+            assert [layer.slots.buffers["keys"].data_ptr() for layer in cache.layers] == buffers, (method, step)
+            assert all(layer.keys.data_ptr() == buffer for layer, buffer in zip(cache.layers, buffers, strict=True))

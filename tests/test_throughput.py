@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 
 from adore.methods import build_policy
-from experiments.results import ROW_KEYS, SPREAD_KEYS, THROUGHPUT_KEYS, read_rows
+from experiments.results import COST_KEYS, ROW_KEYS, SPREAD_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
     decode_kv_tokens,
     kv_bytes_per_token,
@@ -112,18 +112,28 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         (m, b) for b in (1, 2) for m in ("hf_generate", "full", "window")
     ]
     per_token = 46_080
+    # Tokens' worth of KV reserved per sequence, at the peak and during decoding. hf_generate's cache
+    # holds the prompt and every generated token but the last; the engine's full attention reserves
+    # prompt + new tokens once; window (one plan after the forward) holds the 12-token prompt in every
+    # layer during the prefill, then m + 1 slots per layer.
+    peak = {"hf_generate": 16, "full": 17, "window": 12}
+    decoding = {"hf_generate": 16, "full": 17, "window": 8 + 1}
     for row in rows:
-        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS + SPREAD_KEYS
+        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS + SPREAD_KEYS + COST_KEYS
         assert 0 < row["decode_tok_s_p10"] <= row["decode_tok_s_p90"]
         assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["peak_mem_mb"] > 0
         assert row["ms_per_token_p50"] <= row["ms_per_token_p90"]
-        # The cache after the last step holds the prompt and every generated token but the last.
-        held = 12 + 5 - 1 if row["method"] != "window" else 8
-        assert row["kv_cache_mb"] == pytest.approx(row["batch_size"] * held * per_token / 2**20, abs=1e-3)
+        assert row["floor_ms"] > 0 and row["step_over_floor"] > 0
+        batch = row["batch_size"]
+        assert row["kv_cache_mb"] == pytest.approx(batch * peak[row["method"]] * per_token / 2**20, abs=1e-3)
+        assert row["kv_decode_mb"] == pytest.approx(batch * decoding[row["method"]] * per_token / 2**20, abs=1e-3)
     # 0.8 MB of KV: full holds 17 tokens x 45 KiB = 0.75 MB per sequence (batch 1); window holds 8 + 1
     # tokens = 0.40 MB (batch 2; 3 would need 1.19 MB).
     summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
     assert [(e["name"], e["batch_size"]) for e in summary["packing"]["methods"]] == [("full", 1), ("window", 2)]
+    # One definition of memory: what packing budgets per sequence is what the engine reserved.
+    for entry in summary["packing"]["methods"]:
+        assert entry["bytes_per_sequence"] == decoding[entry["name"]] * per_token
     assert [(r["method"], r["batch_size"]) for r in rows if r["task"] == "packing"] == [("full", 1), ("window", 2)]
     assert summary["bandwidth_gb_s"] > 0 and all(0 < r["fraction"] for r in summary["roofline"])
     profile = summary["profile"]["window m=8"]

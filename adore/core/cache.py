@@ -28,6 +28,7 @@ from .families import family_name, sliding_windows
 from .pending import clear_pending, mark_pending
 from .policy import KVPolicy
 from .rope import LayerRotation
+from .slots import SlotStore
 
 
 def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,7 @@ class PolicyLayer(DynamicLayer):
         self.extras: dict[str, torch.Tensor] = {}
         self.has_invalid = False
         self.step_rope_positions: torch.Tensor | None = None  # positions RoPE saw for this step's tokens
-        self.peak_stored = 0
+        self.slots = SlotStore()  # keys, values, positions, valid live in its buffers; the attributes are views
         self.feeds = 0  # forward steps that appended to this layer (the prefill is the first)
         self._step: _Step | None = None  # set by update(), cleared once evicted after attention
         self._score_mask: torch.Tensor | None = None  # this step's visibility, for AttentionView
@@ -96,6 +97,35 @@ class PolicyLayer(DynamicLayer):
         self.values = value_states.new_zeros(B, H, 0, value_states.shape[-1])
         self.positions = torch.zeros(B, H, 0, dtype=torch.long, device=key_states.device)
         self.valid = torch.ones(B, H, 0, dtype=torch.bool, device=key_states.device)
+
+    # ---- storage: preallocated buffers (see slots.py) ---------------------------------------------
+    def capacity_for(self, slots: int) -> int:
+        """Buffer size for holding ``slots``: a bounded layer's budget plus one step's tokens (fixed from
+        the first decode step on); an unbounded one the length the engine announced, else ``slots`` plus
+        an eighth (amortised growth)."""
+        budget = self.policy.layer_budget(self)
+        if budget is not None:
+            return max(slots, budget + self.policy.max_step_tokens)
+        expected = self.owner.expected_length
+        if expected is not None and slots <= expected:
+            return expected
+        return slots + max(64, slots // 8)
+
+    def _slot_views(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys, "values": self.values, "positions": self.positions, "valid": self.valid}
+
+    def _publish(self, allocated: int) -> None:
+        """Point the public attributes at the store's views; tell the cache how the KV bytes it
+        reserves changed (``allocated``: this layer's before the change)."""
+        self.keys, self.values = self.slots.view("keys"), self.slots.view("values")
+        self.positions, self.valid = self.slots.view("positions"), self.slots.view("valid")
+        self.owner.note_held(self.kv_bytes() - allocated)
+
+    def _store(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Make ``tensors`` (keys, values, positions, valid, each ``[B, H, S', ...]``) the stored slots."""
+        allocated = self.kv_bytes()
+        self.slots.replace(tensors, self.capacity_for(next(iter(tensors.values())).shape[2]))
+        self._publish(allocated)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -116,10 +146,13 @@ class PolicyLayer(DynamicLayer):
         new_valid = new_valid.to(key_states.device)
         stored = self.keys.shape[2]
 
-        self.keys = torch.cat([self.keys, key_states], dim=2)
-        self.values = torch.cat([self.values, value_states], dim=2)
-        self.positions = torch.cat([self.positions, new_pos[:, None].expand(B, H, q)], dim=2)
-        self.valid = torch.cat([self.valid, new_valid[:, None].expand(B, H, q)], dim=2)
+        if stored and not all(self.slots.holds(name, tensor) for name, tensor in self._slot_views().items()):
+            self._store(self._slot_views())  # replaced from outside (DynamicLayer's reorder or select): adopt them
+        new = {"keys": key_states, "values": value_states, "positions": new_pos[:, None].expand(B, H, q),
+               "valid": new_valid[:, None].expand(B, H, q)}  # fmt: skip
+        allocated = self.kv_bytes()
+        self.slots.append(new, self.capacity_for(stored + q))
+        self._publish(allocated)
         if self.layer_idx == 0:
             self.owner.note_positions(new_pos, new_valid)
         self.has_invalid = self.has_invalid or not self.owner.step_all_valid
@@ -197,7 +230,6 @@ class PolicyLayer(DynamicLayer):
         if self.policy.needs_scores:
             view = AttentionView(query, self._step.keys, self._score_mask, scaling, softcap=softcap, sinks=sinks)
             self.policy.observe(self, view)
-        self.peak_stored = max(self.peak_stored, self.stored)
         if not self.policy.uniform and self.policy.evicts_now(self):
             self.apply(self.plan_eviction(self.policy.layer_target(self)))
         self._step = self._score_mask = None
@@ -231,44 +263,48 @@ class PolicyLayer(DynamicLayer):
         index = index.sort(dim=-1).values
         return EvictionPlan(index=index, keep=selected.gather(-1, index))
 
+    @torch.inference_mode()  # writes in place into the slot buffers (see slots.py)
     def apply(self, plan: EvictionPlan) -> None:
         if plan.victim is not None:
-            # One in, one out: overwrite the lowest slot with the last one (cheap, order-free).
+            # One in, one out: overwrite the lowest slot with the last one (in place, order-free); the
+            # stored view then shrinks by one slot.
+            kept = {}
             for name, tensor in self._slot_tensors():
                 tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
-                self._set(name, tensor[:, :, :-1])
+                kept[name] = tensor[:, :, :-1]
+            self._keep(kept)
         elif self.policy.slicing == "matmul":
             self.select_by_matmul(plan.index)
         else:
             self.gather(plan.index)
         if plan.keep is not None:
-            self.valid = self.valid & plan.keep
+            self.valid &= plan.keep
             self.has_invalid = True
         self._refresh_invalid()
 
-    def gather(self, index: torch.Tensor, skip: int = 0) -> None:
-        """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor (after the first ``skip``)."""
-        for name, tensor in self._slot_tensors()[skip:]:
-            self._set(name, tensor.gather(2, _along_slots(index, tensor)))
+    def gather(self, index: torch.Tensor) -> None:
+        """Keep the slots ``index`` (``[B, H, S']``) of every per-slot tensor."""
+        self._keep({name: tensor.gather(2, _along_slots(index, tensor)) for name, tensor in self._slot_tensors()})
 
     def select_by_matmul(self, index: torch.Tensor) -> None:
         """ADORE's "matrix slicing": keys and values are multiplied by a 0/1 selection matrix
         ``P [B, S', S]`` (one per sequence, shared by every head: the keep-set must be uniform);
         slot metadata is gathered."""
         selection = self.owner.selection_matrix(index, self.stored, self.keys.dtype)
-        self.keys = torch.einsum("bks,bhsd->bhkd", selection, self.keys)
-        self.values = torch.einsum("bks,bhsd->bhkd", selection, self.values)
-        self.gather(index, skip=2)
+        kept = {name: tensor.gather(2, _along_slots(index, tensor)) for name, tensor in self._slot_tensors()[2:]}
+        kept["keys"] = torch.einsum("bks,bhsd->bhkd", selection, self.keys)
+        kept["values"] = torch.einsum("bks,bhsd->bhkd", selection, self.values)
+        self._keep(kept)
 
     def _slot_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        base = [("keys", self.keys), ("values", self.values), ("positions", self.positions), ("valid", self.valid)]
-        return base + [(f"extras.{k}", v) for k, v in self.extras.items()]
+        """Every per-slot tensor, the four stored ones first: ``(name, [B, H, S, ...])``."""
+        return [*self._slot_views().items(), *((f"extras.{k}", v) for k, v in self.extras.items())]
 
-    def _set(self, name: str, tensor: torch.Tensor) -> None:
-        if name.startswith("extras."):
+    def _keep(self, kept: dict[str, torch.Tensor]) -> None:
+        """Install the surviving slots: the stored four into the buffers, the extras as they are."""
+        self._store({name: kept.pop(name) for name in ("keys", "values", "positions", "valid")})
+        for name, tensor in kept.items():
             self.extras[name[len("extras.") :]] = tensor
-        else:
-            setattr(self, name, tensor)
 
     def _refresh_invalid(self) -> None:
         # Decode tokens are always valid, so once the pads are gone the check is never needed again.
@@ -276,7 +312,9 @@ class PolicyLayer(DynamicLayer):
             self.has_invalid = not bool(self.valid.all())
 
     def kv_bytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+        """KV bytes this layer reserves: its key and value buffers, free slots included (a bounded
+        layer keeps room for its budget plus one step's tokens)."""
+        return self.slots.kv_bytes
 
     # ---- helpers for policies ----------------------------------------------------------
     def newest(self) -> torch.Tensor:
@@ -340,6 +378,12 @@ class PolicyCache(Cache):
         self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
         self._selection: torch.Tensor | None = None
         self._selection_index: torch.Tensor | None = None
+        # Tokens a sequence will reach (prompt + new tokens), when the engine knows it: an unbounded
+        # layer then allocates its buffers once.
+        self.expected_length: int | None = None
+        self.held_bytes = 0  # KV bytes reserved now, over every layer (free and padding slots included)
+        self.peak_kv_bytes = 0  # the most KV bytes held at any moment: prefill and m + step tokens included
+        self.decode_peak_kv_bytes: int | None = None  # the same from start_decode() on (the prefill left out)
         super().__init__(layers=[PolicyLayer(policy, self, i) for i in range(num_layers)])
 
     def begin_step(
@@ -413,7 +457,24 @@ class PolicyCache(Cache):
                 raise BudgetViolation(f"layer {layer.layer_idx} {problem}")
 
     def kv_bytes(self) -> int:
+        """KV bytes reserved now (after the last eviction)."""
         return sum(layer.kv_bytes() for layer in self.layers)
+
+    def note_held(self, delta: int) -> None:
+        """A layer's reserved KV bytes changed by ``delta`` (buffers grown, or given back after a prefill
+        is evicted down to a budget): keeps :attr:`peak_kv_bytes`, the one memory figure every row
+        reports. Layers change one at a time, so the peak is the true high-water mark of the whole
+        cache (a prefill of a method that evicts layer by layer holds the prompt in one layer at a
+        time; one that plans once after the forward holds it in all), not a sum of per-layer peaks."""
+        self.held_bytes += delta
+        self.peak_kv_bytes = max(self.peak_kv_bytes, self.held_bytes)
+        if self.decode_peak_kv_bytes is not None:
+            self.decode_peak_kv_bytes = max(self.decode_peak_kv_bytes, self.held_bytes)
+
+    def start_decode(self) -> None:
+        """The prefill is over: from here :attr:`decode_peak_kv_bytes` tracks the decode steps' high-water
+        mark (a prefill's transient is the prompt's, whatever the method; chunked prefill would bound it)."""
+        self.decode_peak_kv_bytes = self.held_bytes
 
     def stored_positions(self, layer_idx: int) -> list[list[list[int]]]:
         """Sorted valid positions per (sequence, KV head) of one layer: for tests and debugging."""

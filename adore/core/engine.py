@@ -37,7 +37,9 @@ class GenerationResult:
         prefill_s: wall time of the prefill forward (and its eviction).
         step_s: wall time of every decode step.
         prompt_tokens: real (non-pad) prompt tokens in the batch.
-        kv_peak_bytes: largest KV footprint held after any step.
+        kv_peak_bytes: the most KV bytes the cache held at any moment (the prefill's full prompt and a
+            step's ``m`` + new tokens before eviction included).
+        kv_decode_peak_bytes: the same over the decode steps only.
     """
 
     tokens: list[list[int]]
@@ -122,13 +124,14 @@ class DecodingEngine:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # what generate() does; pads sit at 0
 
         cache = self.new_cache()
+        cache.expected_length = width + max_new_tokens
         with DeviceTimer(self.device) as timer:
             logits = self.forward(cache, input_ids, positions, valid if not bool(valid.all()) else None)
             next_ids = logits[:, -1].argmax(-1)
+        cache.start_decode()
         result = GenerationResult(
             tokens=[[] for _ in range(batch)], prefill_s=timer.seconds, prompt_tokens=int(valid.sum())
         )
-        result.kv_peak_bytes = cache.kv_bytes()
 
         eos = set(self.eos_token_ids)
         finished = [False] * batch
@@ -151,7 +154,7 @@ class DecodingEngine:
                 logits = self.forward(cache, feed[:, None], position)
                 next_ids = logits[:, -1].argmax(-1)
             result.step_s.append(timer.seconds)
-            result.kv_peak_bytes = max(result.kv_peak_bytes, cache.kv_bytes())
+        result.kv_peak_bytes, result.kv_decode_peak_bytes = cache.peak_kv_bytes, cache.decode_peak_kv_bytes
         return result
 
     def synchronize(self) -> None:

@@ -40,11 +40,15 @@ BEYOND_POSITIONS_KEY = "beyond_trained_positions"
 # the spread of decode speed over repeats (p10, p90 of tokens/s).
 CI_KEYS = ("bleu_ci", "rouge1_ci", "rouge2_ci", "rougeL_ci", "bertscore_f1_ci", "accuracy_ci", "perplexity_ci")
 SPREAD_KEYS = ("decode_tok_s_p10", "decode_tok_s_p90")
+# Optional: the most KV bytes reserved at any moment of the decode steps (kv_cache_mb is the same with
+# the prefill included), and a throughput row's weight-sweep floor of its batch with the step's
+# median time over it.
+COST_KEYS = ("kv_decode_mb", "floor_ms", "step_over_floor")
 # Row keys whose values must be numbers (or null): the report sorts and plots them.
 NUMBER_KEYS = (
     "m", "R", "n_samples", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "perplexity", "prefill_tok_s",
     "decode_tok_s", "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s",
-    *THROUGHPUT_KEYS, ACCURACY_KEY,
+    *THROUGHPUT_KEYS, ACCURACY_KEY, *COST_KEYS,
 )  # fmt: skip
 TEXT_KEYS = ("task", "method", "dataset", "model")
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
@@ -102,9 +106,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 def make_row(**values: Any) -> dict[str, Any]:
     """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
-    :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`, :data:`CI_KEYS` and
-    :data:`SPREAD_KEYS` that are given; unknown keys are an error."""
-    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS)
+    :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`, :data:`CI_KEYS`,
+    :data:`SPREAD_KEYS` and :data:`COST_KEYS` that are given, in that order; unknown keys are an error."""
+    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS, *COST_KEYS)
     unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
     if unknown:
         raise KeyError(f"not result-row keys: {unknown}")

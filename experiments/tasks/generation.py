@@ -60,7 +60,7 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     prefill_s = decode_s = 0.0
     prompt_tokens = decode_tokens = 0
     steps: list[float] = []
-    kv_peak = 0
+    kv_peak = kv_decode = 0
     run.save_config()
     with (
         PeakMemory(loaded.device) as memory,
@@ -75,7 +75,7 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
             decode_s += sum(result.step_s)
             decode_tokens += result.generated_tokens - len(batch)  # the first token comes from prefill
             steps.extend(result.step_s)
-            kv_peak = max(kv_peak, result.kv_peak_bytes)
+            kv_peak, kv_decode = max(kv_peak, result.kv_peak_bytes), max(kv_decode, result.kv_decode_peak_bytes)
             bar.update(len(batch))
 
     predictions = [tokenizer.decode(outputs[i], skip_special_tokens=True).strip() for i in range(len(samples))]
@@ -98,6 +98,7 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         "ms_per_token_p90": clean_number(p90, 2),
         "peak_mem_mb": clean_number(memory.mb, 1),
         "kv_cache_mb": clean_number(kv_peak / 2**20, 3),
+        "kv_decode_mb": clean_number(kv_decode / 2**20, 3),
         **beyond,
     }
     # What task=rescore needs to write this run's row from its predictions, without decoding again.

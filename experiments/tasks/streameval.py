@@ -47,8 +47,8 @@ def stream_queries(
     """Stream the samples' texts through one cache, answering each query on the way.
 
     Returns one record per query (``line``, ``position``: stream length in tokens at the query,
-    ``truth``, ``prediction``, ``correct``), the wall time of every forward, and the largest KV
-    footprint in bytes.
+    ``truth``, ``prediction``, ``correct``), the wall time of every forward, and the most KV bytes
+    held at any moment.
     """
     if chunk <= 0:
         raise ConfigError(f"task.chunk must be positive, got {chunk}")
@@ -56,13 +56,13 @@ def stream_queries(
         raise ConfigError(f"task.answer_tokens must be positive, got {answer_tokens}")
     device = engine.device
     cache = engine.new_cache()
-    position, kv_peak = 0, 0
+    position = 0
     records: list[dict[str, Any]] = []
     timer = StepTimer(device)
     times = timer.seconds
 
     def feed(ids: list[int]) -> torch.Tensor:
-        nonlocal position, kv_peak
+        nonlocal position
         logits = None
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
@@ -73,7 +73,6 @@ def stream_queries(
                     torch.arange(position, position + len(piece), device=device)[None],
                 )
             position += len(piece)
-            kv_peak = max(kv_peak, cache.kv_bytes())
         return logits
 
     for sample in tqdm(samples, desc="streameval", unit="query", disable=not progress):
@@ -93,7 +92,7 @@ def stream_queries(
             {"id": sample.id, "line": int(sample.fields["line"]), "position": query_position, "truth": sample.answer,
              "answer_text": text, "prediction": prediction, "correct": prediction == sample.answer}
         )  # fmt: skip
-    return records, times, kv_peak
+    return records, times, cache.peak_kv_bytes
 
 
 def accuracy_bins(records: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ def stream_nll(
 ) -> tuple[list[float], list[float], int]:
     """NLL of tokens ``1 .. n-1`` given everything before them (under the policy).
 
-    Returns the per-token NLLs, the wall time of every forward, and the largest KV footprint in bytes.
+    Returns the per-token NLLs, the wall time of every forward, and the most KV bytes held at any moment.
     """
     if chunk <= 0:
         raise ConfigError(f"task.chunk must be positive, got {chunk}")
@@ -39,9 +39,9 @@ def stream_nll(
         raise ConfigError("the text is shorter than two tokens: nothing to predict; give a longer text")
     ids = torch.tensor([token_ids], device=engine.device)
     cache = engine.new_cache()
+    cache.expected_length = len(token_ids)  # an unbounded cache then allocates once
     nll: list[float] = []
     timer = StepTimer(engine.device)
-    kv_peak = 0
     last = len(token_ids) - 1  # the last token is only a target
     with tqdm(total=last, desc="streaming", unit="tok", disable=not progress) as bar:
         for start in range(0, last, chunk):
@@ -57,9 +57,8 @@ def stream_nll(
                 logits[0].float(), ids[0, start + 1 : stop + 1], reduction="none"
             )
             nll.extend(losses.tolist())
-            kv_peak = max(kv_peak, cache.kv_bytes())
             bar.update(stop - start)
-    return nll, timer.seconds, kv_peak
+    return nll, timer.seconds, cache.peak_kv_bytes
 
 
 def window_perplexities(nll: list[float], window: int) -> list[dict[str, float]]:

@@ -112,6 +112,28 @@ def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int =
     return 2 * source.nbytes / best
 
 
+@torch.inference_mode()
+def measure_weight_floor(model: torch.nn.Module, batch_size: int, repeats: int = 5) -> float:
+    """Seconds of the floor of one decode step at ``batch_size``: one matrix product per linear layer
+    of the model (the LM head included), ``[batch, in] @ W^T``, back to back, best of ``repeats``.
+
+    What a step cannot avoid on this machine: it reads every weight once, at the speed matrix-vector
+    products reach (on 2 CPU cores well below the copy bandwidth of the roofline). A step's time over
+    this floor is the overhead left to remove (attention, norms, the cache, Python)."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    device, dtype = linears[0].weight.device, linears[0].weight.dtype
+    inputs = {n: torch.randn(batch_size, n, device=device, dtype=dtype) for n in {m.in_features for m in linears}}
+    best = math.inf
+    for _ in range(repeats + 1):  # the first sweep warms up
+        _synchronize(device)
+        began = time.perf_counter()
+        for module in linears:
+            torch.nn.functional.linear(inputs[module.in_features], module.weight)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -193,12 +215,17 @@ class Measurement:
     step_s: list[float]
     batch_size: int
     prompt_tokens: int
-    kv_bytes: int
+    kv_bytes: int  # the most KV bytes reserved at any moment (the prefill included)
+    kv_decode_bytes: int  # the same over the decode steps: what a step reads, and what packing budgets
     peak_mem_mb: float
 
     @property
     def decode_tok_s(self) -> float:
         return self.batch_size * len(self.step_s) / sum(self.step_s)
+
+    @property
+    def step_s_p50(self) -> float:
+        return statistics.median(self.step_s)
 
     def decode_tok_s_spread(self) -> tuple[float | None, float | None]:
         """p10 and p90 of the per-step decode rate (tokens/s) over every timed step of every repeat:
@@ -256,20 +283,23 @@ def measure(
 ) -> Measurement:
     """Decode ``new_tokens`` after ``prompts`` ``repeats`` times; the first ``warmup_steps`` steps of
     every repeat are dropped, the prefill time is the median over repeats."""
-    prefills, steps, kv = [], [], 0
+    prefills, steps, kv, kv_decode = [], [], 0, 0
     _release_memory()
     with PeakMemory(loaded.device) as memory:
         for _ in range(repeats):
             if policy is None:
                 prefill_s, step_s, kv_bytes = hf_generate_run(loaded, prompts, new_tokens)
+                decode_bytes = kv_bytes  # a DynamicCache only grows: its end is its peak
             else:
                 engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
                 result = engine.generate(prompts, new_tokens)
-                prefill_s, step_s, kv_bytes = result.prefill_s, result.step_s, result.kv_peak_bytes
+                prefill_s, step_s = result.prefill_s, result.step_s
+                kv_bytes, decode_bytes = result.kv_peak_bytes, result.kv_decode_peak_bytes
             prefills.append(prefill_s)
             steps.extend(step_s[warmup_steps:])
-            kv = max(kv, kv_bytes)
-    return Measurement(statistics.median(prefills), steps, len(prompts), sum(map(len, prompts)), kv, memory.mb)
+            kv, kv_decode = max(kv, kv_bytes), max(kv_decode, decode_bytes)
+    return Measurement(statistics.median(prefills), steps, len(prompts), sum(map(len, prompts)), kv, kv_decode,
+                       memory.mb)  # fmt: skip
 
 
 # Where a decode step's time goes: cumulative time (cProfile) of these functions of ``adore/``.
@@ -345,7 +375,8 @@ class ThroughputRun:
         return path
 
     def write_row(self, task: str, spec: MethodSpec, policy: KVPolicy | None, point: Measurement,
-                  context_length: int, began: float) -> dict[str, Any]:  # fmt: skip
+                  context_length: int, began: float, floor_s: float) -> dict[str, Any]:  # fmt: skip
+        """One row; ``floor_s``: the weight-sweep floor of this batch size, measured in this run."""
         p50, p90 = latency_percentiles(point.step_s)
         rate_p10, rate_p90 = point.decode_tok_s_spread()
         row = build_row(
@@ -367,8 +398,11 @@ class ThroughputRun:
             ms_per_token_p90=clean_number(p90, 2),
             peak_mem_mb=clean_number(point.peak_mem_mb, 1),
             kv_cache_mb=clean_number(point.kv_bytes / 2**20, 3),
+            kv_decode_mb=clean_number(point.kv_decode_bytes / 2**20, 3),
             context_length=context_length,
             batch_size=point.batch_size,
+            floor_ms=clean_number(1000 * floor_s, 2),
+            step_over_floor=clean_number(point.step_s_p50 / floor_s, 3),
         )
         append_row(self.cfg["results_dir"], row)
         self.rows.append(row)
@@ -439,13 +473,14 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     with tqdm(total=len(grid) * len(specs), desc="throughput", unit="point") as bar:
         for context_length, batch_size in grid:
             prompts = prompts_for(bank, context_length, batch_size)
+            floor_s = measure_weight_floor(loaded.model, batch_size)  # at every point: the machine drifts
             for spec, policy in zip(specs, policies, strict=True):
                 bar.set_postfix_str(f"{spec.label} ctx={context_length} batch={batch_size}")
                 began = time.perf_counter()
                 point = measure(loaded, spec, policy, prompts, settings["new_tokens"], settings["warmup_steps"],
                                 settings["repeats"])  # fmt: skip
-                run.write_row("throughput", spec, policy, point, context_length, began)
-                best = roofline_tok_s(bandwidth, weights, point.kv_bytes, batch_size)
+                run.write_row("throughput", spec, policy, point, context_length, began, floor_s)
+                best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
                 roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                  "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
                                  "fraction": point.decode_tok_s / best})  # fmt: skip
@@ -515,7 +550,8 @@ def run_packing(
             began = time.perf_counter()
             point = measure(loaded, spec, policy, prompts_for(bank, context_length, batch), new_tokens,
                             settings["warmup_steps"], settings["repeats"])  # fmt: skip
-            run.write_row("packing", spec, policy, point, context_length, began)
+            run.write_row("packing", spec, policy, point, context_length, began,
+                          measure_weight_floor(loaded.model, batch))  # fmt: skip
             entry["decode_tok_s"] = point.decode_tok_s
         out["methods"].append(entry)
     out["gain_percent"] = packing_gains(out["methods"])
@@ -561,16 +597,20 @@ def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
 def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], packed: dict[str, Any] | None) -> str:
     """Markdown: decode tokens/s by method and context; then tokens/s, memory and roofline fraction by
     method, context and batch; then packing."""
-    lines = [speed_grid(rows), "| method | context | batch | prefill tok/s | decode tok/s | p50 ms | p90 ms | peak MB | KV MB | roofline |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    fractions = iter(roofline)
+    lines = [speed_grid(rows), "| method | context | batch | prefill tok/s | decode tok/s | p50 ms | p90 ms | peak MB | "
+             "KV MB | decode KV MB | step / floor | roofline |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    # Keyed by what a fraction describes, never by row order (a missing row would shift every one after it).
+    fractions = {
+        (entry["method"], entry["context_length"], entry["batch_size"]): entry["fraction"] for entry in roofline
+    }
     for row in (r for r in rows if r["task"] == "throughput"):
-        fraction = next(fractions)["fraction"]
         label = method_label(row)
+        fraction = fractions.get((label, row["context_length"], row["batch_size"]))
         lines.append(
             f"| {label} | {row['context_length']} | {row['batch_size']} | {row['prefill_tok_s']} | "
             f"{row['decode_tok_s']} | {row['ms_per_token_p50']} | {row['ms_per_token_p90']} | "
-            f"{row['peak_mem_mb']} | {row['kv_cache_mb']} | {fraction:.1%} |"
+            f"{row['peak_mem_mb']} | {row['kv_cache_mb']} | {row.get('kv_decode_mb', '-')} | "
+            f"{row.get('step_over_floor', '-')} | {'-' if fraction is None else f'{fraction:.1%}'} |"
         )
     if packed:
         lines += ["", f"Packing: KV budget {packed['kv_budget_mb']} MB at context {packed['context_length']}", "",
