@@ -12,7 +12,7 @@ from .core.dropin import evicting
 from .core.engine import DecodingEngine, GenerationResult
 from .core.errors import BudgetViolation, ConfigError, HarnessError
 from .core.lifecycle import RunContext, TrainingData
-from .core.models import LoadedModel, load_model, merge_adapter
+from .core.models import LoadedModel, kv_bytes_per_token, load_model, merge_adapter
 from .core.policy import KVPolicy
 from .core.positions import CacheRelativePositions
 from .core.registry import ADAPTER_SCHEMES, METHODS, Registry, register_method
@@ -42,6 +42,7 @@ __all__ = [
     "attention_logits",
     "attention_probs",
     "evicting",
+    "kv_bytes_per_token",
     "load_model",
     "merge_adapter",
     "register_method",

@@ -118,3 +118,19 @@ def test_stream_task_writes_nll_windows_and_plot(tmp_path):
     assert len((run_dir / "nll.txt").read_text().split()) == 39
     assert [w["start"] for w in json.loads((run_dir / "windows.json").read_text())] == [0, 16, 32]
     assert (run_dir / "perplexity.png").stat().st_size > 0
+
+
+@pytest.mark.model
+def test_batch_size_auto_decodes_what_batch_size_1_does(tmp_path):
+    """batch_size=auto packs prompts by a KV budget (100 MB: two ACLSum papers of ~1k tokens at most);
+    the tokens are those of one prompt at a time."""
+    common = ("method=window", "method.m=64", "dataset.limit=3", "max_new_tokens=6")
+    predictions = {}
+    for batch in ("1", "auto"):
+        folder = tmp_path / batch
+        result = run_cli(*common, f"batch_size={batch}", "kv_budget_mb=100", results_dir=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (row,) = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
+        lines = (Path(row["run_dir"]) / "predictions.jsonl").read_text().splitlines()
+        predictions[batch] = [json.loads(line)["prediction"] for line in lines]
+    assert predictions["auto"] == predictions["1"]

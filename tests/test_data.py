@@ -407,3 +407,20 @@ def test_accuracy_is_an_optional_row_key():
     assert list(make_row(accuracy=50.0))[-1] == "accuracy" and make_row(accuracy=50.0)["accuracy"] == 50.0
     with pytest.raises(KeyError, match="not result-row keys"):
         make_row(exact_match=1.0)
+
+
+def test_batch_sizes_fixed_and_auto_fit_the_kv_budget():
+    from experiments.tasks.generation import MAX_AUTO_BATCH, batch_sizes
+
+    lengths = [10, 10, 20, 30, 100]  # sorted, shortest first
+    assert batch_sizes(lengths, 3, 10, 1, 0) == [3, 2]
+    # auto, budget 60 token-bytes: [10, 10] costs 2 x 20 = 40; adding 20 would cost 3 x 30 = 90;
+    # [20] alone; [20, 30] would cost 2 x 40 = 80; a prompt over the budget still runs, alone.
+    assert batch_sizes(lengths, "auto", 10, 1, 60) == [2, 1, 1, 1]
+    assert batch_sizes([5] * 100, "auto", 5, 1, 10**9) == [MAX_AUTO_BATCH, 100 - MAX_AUTO_BATCH]
+    for sizes, budget in ((batch_sizes(lengths, "auto", 10, 4, b), b) for b in (100, 400, 1000)):
+        assert sum(sizes) == len(lengths)
+        start = 0
+        for size in sizes:  # every batch of more than one prompt fits the budget
+            assert size == 1 or size * (lengths[start + size - 1] + 10) * 4 <= budget
+            start += size

@@ -77,10 +77,17 @@ def kv_policy_attention(
     # padding; the layer's mask, built from positions, replaces it (None: every key visible to a
     # single query, or plain causal order for a first multi-token feed).
     layer.check_window(module, sliding_window)
-    mask = layer.attention_mask(sliding_window)
+    mask = layer.attention_mask(sliding_window)  # [B, H, q, K] per KV head, or None
+    policy = layer.policy
+    plain = not policy.overrides_attention and softcap is None and s_aux is None
+    if plain and query.shape[2] == 1 and query.shape[1] != key.shape[1]:
+        # The common decode step: one query per sequence, grouped heads, no logit modifier.
+        with _backends(query):
+            out = _single_query_gqa(query, key, value, scaling, mask)
+        layer.after_attention(query, scaling)
+        return out, None
     if mask is not None:
         mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [B, Hq, q, K]
-    policy = layer.policy
     if policy.overrides_attention:
         modifiers = _modifiers(policy, module, softcap, s_aux)
         if "layer" in inspect.signature(policy.attend).parameters:
@@ -88,9 +95,6 @@ def kv_policy_attention(
         out = policy.attend(module, query, key, value, mask, scaling, **modifiers)
     elif softcap is not None or s_aux is not None:
         out = eager_attention(query, key, value, mask, scaling, softcap, s_aux)
-    elif query.shape[2] == 1 and mask is None and query.shape[1] != key.shape[1]:
-        with _backends(query):
-            out = _single_query_gqa(query, key, value, scaling)
     else:
         with _backends(query):
             out, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
@@ -173,13 +177,16 @@ def eager_attention(
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
 
 
-def _single_query_gqa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
-    """One decode query with grouped-query attention and no mask: the ``n_rep`` query heads of a KV
-    head become ``n_rep`` "query rows" of that head, so sdpa runs per KV head without ``enable_gqa``
-    (which falls back to the slow math kernel on some CUDA builds) or ``repeat_kv`` copies."""
+def _single_query_gqa(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One decode query with grouped-query attention: the ``n_rep`` query heads of a KV head become
+    ``n_rep`` "query rows" of that head, so sdpa runs per KV head without ``enable_gqa`` (which falls
+    back to the slow math kernel on some CUDA builds) or ``repeat_kv`` copies of keys, values or the
+    mask (``[B, H, 1, K]`` bool, shared by the rows of a head)."""
     B, Hq, _, D = query.shape
     packed = query.reshape(B, key.shape[1], Hq // key.shape[1], D)  # q-head h -> kv-head h // n_rep
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, scale=scaling)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(B, 1, Hq, value.shape[-1])
 
 

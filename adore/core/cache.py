@@ -199,6 +199,12 @@ class PolicyLayer(DynamicLayer):
         scores_need = self.policy.needs_scores and (q > 1 or needs)
         if not (needs or scores_need):
             return None
+        if q == 1 and window is None and not self.owner.out_of_order:
+            # A decode step: every stored key is older than the query, so visibility is padding only.
+            visible = self.valid[:, :, None, :]
+            if scores_need:
+                self._score_mask = visible & step.valid[:, None, :, None]
+            return visible
         key_pos, query_pos = self.positions[:, :, None, :], step.positions[:, None, :, None]
         visible = self.valid[:, :, None, :] & (key_pos <= query_pos)
         if window is not None:

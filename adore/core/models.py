@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,3 +92,10 @@ def adapted_name(name: str, adapter: str) -> str:
     """``smollm2-135m+lora:K32-abc/adapter``: the row's ``model`` says which adapter was merged."""
     path = Path(adapter)
     return f"{name}+lora:{path.parent.name}/{path.name}"
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token occupies across all layers: ``L * 2 * H_kv * D * bytes``."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8

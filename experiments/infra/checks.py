@@ -43,6 +43,8 @@ NULL_DEFAULT_TYPES: dict[str, Any] = {
     "model.name": str | None,
     "task.run_dir": str | None,
 }
+#: Types of top-level keys that take more than their default's type.
+TOP_TYPES: dict[str, Any] = {"batch_size": int | typing.Literal["auto"]}
 #: Top-level keys no check looks into: Hydra's own.
 UNCHECKED = ("hydra",)
 
@@ -91,7 +93,8 @@ def _kind(hint: Any) -> str:
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     names = {int: "an integer", float: "a number", bool: "true or false", str: "text", list: "a list",
              tuple: "a list", dict: "a mapping"}  # fmt: skip
-    parts = [names.get(typing.get_origin(a) or a, str(a)) for a in args if a is not type(None)]
+    parts = [" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is typing.Literal
+             else names.get(typing.get_origin(a) or a, str(a)) for a in args if a is not type(None)]  # fmt: skip
     return " or ".join(dict.fromkeys(parts)) + (" or null" if type(None) in args else "")
 
 
@@ -184,7 +187,7 @@ def check_config(config: dict[str, Any]) -> None:
                 f"unknown key {key!r}{_did_you_mean(key, top_known)} (a `+` adds a key only the code reads, "
                 "and none reads this one); `python run.py --cfg job` lists every key"
             )
-    _check_section("", {k: v for k, v in config.items() if k in top}, {}, top, "the top-level keys")
+    _check_section("", {k: v for k, v in config.items() if k in top}, TOP_TYPES, top, "the top-level keys")
     method = config.get("method")
     if isinstance(method, dict) and isinstance(method.get("name"), str):
         from adore.methods import available_methods

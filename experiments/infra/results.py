@@ -53,7 +53,7 @@ NUMBER_KEYS = (
 TEXT_KEYS = ("task", "method", "dataset", "model")
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
 # of the hash at that default, so earlier rows keep their hash.
-HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None}
+HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None, (None, "kv_budget_mb"): 2048}
 RUNS_FILE = "runs.jsonl"
 # Top-level keys that say where outputs go or whether to rerun, not what a run computes.
 NOT_HASHED = ("results_dir", "hydra", "force")
@@ -99,7 +99,10 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Stable hash of the settings that define a run's numbers (not where its outputs go)."""
     relevant = _legacy_layout({k: v for k, v in config.items() if k not in NOT_HASHED})
     for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
-        if isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
+        if section is None:  # a top-level key
+            if relevant.get(key, default) == default:
+                relevant.pop(key, None)
+        elif isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
             relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

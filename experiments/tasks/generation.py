@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from adore import ConfigError, DecodingEngine, HarnessError, KVPolicy
+from adore import ConfigError, DecodingEngine, HarnessError, KVPolicy, kv_bytes_per_token
 from experiments.data import dataset_options, load_samples
 from experiments.infra.results import clean_number
 from experiments.infra.runtime import PeakMemory, Run, load_for, position_notes, start_task
@@ -40,8 +41,8 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one method on one dataset; append the row and return it."""
     if cfg["max_new_tokens"] <= 0:
         raise ConfigError(f"max_new_tokens must be positive, got {cfg['max_new_tokens']}")
-    if cfg["batch_size"] <= 0:
-        raise ConfigError(f"batch_size must be positive, got {cfg['batch_size']}")
+    if cfg["batch_size"] != "auto" and cfg["batch_size"] <= 0:
+        raise ConfigError(f"batch_size must be positive or auto, got {cfg['batch_size']}")
     run, policy, spec = start_task(cfg, "generate")
     samples = load_samples(spec.name, cfg["dataset"].get("limit"), **dataset_options(cfg["dataset"]))
     loaded = load_for(cfg, policy)
@@ -56,6 +57,9 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
 
     # Batch prompts of similar length together (less padding); outputs are put back in order.
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+    per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
+    sizes = batch_sizes([len(prompts[i]) for i in order], cfg["batch_size"], cfg["max_new_tokens"],
+                        per_token, int(cfg.get("kv_budget_mb", 2048) * 2**20))  # fmt: skip
     outputs: dict[int, list[int]] = {}
     prefill_s = decode_s = 0.0
     prompt_tokens = decode_tokens = 0
@@ -66,8 +70,8 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
         PeakMemory(loaded.device) as memory,
         tqdm(total=len(samples), desc=f"{policy.method_name} on {spec.name}", unit="sample") as bar,
     ):
-        for start in range(0, len(order), cfg["batch_size"]):
-            batch = order[start : start + cfg["batch_size"]]
+        for start, size in zip(itertools.accumulate(sizes, initial=0), sizes, strict=False):
+            batch = order[start : start + size]
             result = engine.generate([prompts[i] for i in batch], cfg["max_new_tokens"])
             outputs.update(zip(batch, result.tokens, strict=True))
             prefill_s += result.prefill_s
@@ -106,6 +110,35 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     wall_s = time.perf_counter() - run.started
     (run.run_dir / DECODED_FILE).write_text(json.dumps({"row": decoded, "model": model, "wall_s": wall_s}, indent=1))
     return score_and_finish(run, policy, loaded, records, decoded)
+
+
+#: The most prompts ``batch_size=auto`` puts in one batch.
+MAX_AUTO_BATCH = 64
+
+
+def batch_sizes(lengths: list[int], batch_size: int | str, new_tokens: int, bytes_per_token: int,
+                kv_budget_bytes: int) -> list[int]:  # fmt: skip
+    """Sizes of consecutive batches over prompts of ``lengths`` (sorted, shortest first).
+
+    A number: batches of that size. ``"auto"``: each batch as large as fits ``kv_budget_bytes`` at
+    full attention's peak, ``batch x (longest prompt + new_tokens) x bytes_per_token``, at most
+    :data:`MAX_AUTO_BATCH` (short prompts share large batches, long ones small). The bound is full
+    attention's for every method, so every method of a comparison decodes the same batches; batching
+    never changes tokens (tests/test_methods.py: a padded batch equals each prompt alone).
+    """
+    if batch_size != "auto":
+        return [min(batch_size, len(lengths) - start) for start in range(0, len(lengths), batch_size)]
+    sizes: list[int] = []
+    count = 0
+    for length in lengths:
+        # Shortest first: the prompt just added is the batch's longest.
+        if count and (
+            (count + 1) * (length + new_tokens) * bytes_per_token > kv_budget_bytes or count == MAX_AUTO_BATCH
+        ):
+            sizes.append(count)
+            count = 0
+        count += 1
+    return [*sizes, count] if count else sizes
 
 
 #: The decode side of a generate run's row (cost, model), written before scoring (for task=rescore).

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from adore import ConfigError, DecodingEngine, KVPolicy, LoadedModel, StepTimer
+from adore import ConfigError, DecodingEngine, KVPolicy, LoadedModel, StepTimer, kv_bytes_per_token
 from experiments.infra.results import append_row, clean_number, new_run_id, read_rows
 from experiments.infra.runtime import PeakMemory, build_row, model_from_config, policy_from_config, prepare_policy
 from experiments.infra.tasks import register_task
@@ -48,13 +48,6 @@ CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 
 # ---- arithmetic (tested against hand computations) ----------------------------------------------
-def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one token occupies across all layers: ``L * 2 * H_kv * D * bytes``."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return config.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
-
-
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the parameters a decode step reads (tied matrices counted once)."""
     seen: set[int] = set()
