@@ -16,7 +16,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 method.m=128 results_dir=$(DEMO_D
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method
+.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method speed
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -55,6 +55,11 @@ THROUGHPUT_DIR := results/throughput
 throughput: setup
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' task.packing.kv_budget_mb=96 task.packing.max_batch=16 'task.packing.methods=[full,adore]' 'task.profile.methods=[window,adore]' results_dir=$(THROUGHPUT_DIR)
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,{name:adore,R:0}]' 'task.context_lengths=[4096]' 'task.batch_sizes=[8]' task.packing.kv_budget_mb=null task.profile.context_length=null results_dir=$(THROUGHPUT_DIR)
+
+# The speed comparison of issue 16 (one run, methods interleaved; ~25 min here): batch 1 and 8 at
+# contexts 1024 and 4096, the weight-sweep floor beside every row, profiles at batch 1 and 8, packing.
+speed: setup
+	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,h2o,{name:adore,R:0}]' 'task.context_lengths=[1024,4096]' 'task.batch_sizes=[1,8]' task.new_tokens=24 task.packing.kv_budget_mb=96 task.packing.max_batch=16 'task.packing.methods=[full,window,adore]' results_dir=$(THROUGHPUT_DIR)
 
 # Reference results in results/ (~55 min here): every method on the offline generate datasets
 # (+experiment=paper) and on gutenberg (+experiment=paper_stream, which also offers StreamEval: left

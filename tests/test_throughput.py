@@ -100,6 +100,7 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         "task.batch_sizes=[1,2]", "task.new_tokens=5", "task.warmup_steps=1",
         "task.packing.kv_budget_mb=0.8", "task.packing.context_length=12", "task.packing.max_batch=4",
         "task.packing.methods=[full,window]", "task.profile.context_length=12", "task.profile.new_tokens=4",
+        "task.profile.methods=[window]", "task.profile.batch_sizes=[1,2]",
     ]  # fmt: skip
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         from omegaconf import OmegaConf
@@ -139,7 +140,7 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     profile = summary["profile"]["window m=8"]
     assert set(profile) >= {"eviction (plan and slicing)", "attention", "step"} and profile["step"] > 0
     assert all(value >= 0 for value in profile.values())
-    assert summary["profile"].keys() == {"window m=8"}  # full is not in profile.methods
+    assert summary["profile"].keys() == {"window m=8", "window m=8 @ batch 2"}  # full is not in profile.methods
     folder = next(tmp_path.glob("runs/*"))
     for figure in ("tok_s_vs_context.png", "memory_vs_context.pdf", "packing.png", "step_profile.png"):
         assert (folder / figure).is_file(), figure

@@ -342,12 +342,15 @@ def _profiled(call) -> tuple[dict[str, float], Any]:
 
 def run_profiles(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KVPolicy | None], bank: list[int],
                  profile: dict[str, Any]) -> dict[str, dict[str, float]]:  # fmt: skip
-    """:func:`profile_decode` for every method of ``profile.methods`` at ``profile.context_length``, batch 1."""
+    """:func:`profile_decode` for every method of ``profile.methods`` at ``profile.context_length`` and each
+    of ``profile.batch_sizes`` (default batch 1; labels beyond batch 1 say ``@ batch b``)."""
     out = {}
-    prompts = prompts_for(bank, profile["context_length"], 1)
-    for spec, policy in zip(specs, policies, strict=True):
-        if policy is not None and spec.name in profile["methods"]:
-            out[spec.label] = profile_decode(loaded, policy, prompts, profile["new_tokens"])
+    for batch in profile.get("batch_sizes") or [1]:
+        prompts = prompts_for(bank, profile["context_length"], batch)
+        for spec, policy in zip(specs, policies, strict=True):
+            if policy is not None and spec.name in profile["methods"]:
+                label = spec.label if batch == 1 else f"{spec.label} @ batch {batch}"
+                out[label] = profile_decode(loaded, policy, prompts, profile["new_tokens"])
     return out
 
 
@@ -454,7 +457,12 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     packing = settings.get("packing") or {}
     profile_context = (settings.get("profile") or {}).get("context_length") or 0
     longest = max([c for c, _ in grid] + [packing.get("context_length") or 0, profile_context]) + settings["new_tokens"]
-    bank = prompt_bank(loaded, settings, longest * max(settings["batch_sizes"] + [packing.get("max_batch") or 1]))
+    batches = (
+        settings["batch_sizes"]
+        + [packing.get("max_batch") or 1]
+        + ((settings.get("profile") or {}).get("batch_sizes") or [1])
+    )
+    bank = prompt_bank(loaded, settings, longest * max(batches))
     bandwidth = measure_bandwidth(loaded.device)
     weights = weight_bytes(loaded.model)
 
