@@ -51,12 +51,13 @@ TITLES = {
     "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore-F1", "bleu": "BLEU", "accuracy": "accuracy",
     "perplexity": "perplexity", "context_length": "context", "batch_size": "batch",
     "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ms_per_token_p50": "ms/token p50",
-    "peak_mem_mb": "peak MB", "kv_cache_mb": "KV MB",
+    "peak_mem_mb": "peak MB", "kv_cache_mb": "KV MB", "kv_decode_mb": "decode KV MB",
 }  # fmt: skip
 AXIS_LABELS = {
     "rougeL": "ROUGE-L F1 (0-100)", "bertscore_f1": "BERTScore-F1 (0-100)", "bleu": "BLEU (0-100)",
     "accuracy": "accuracy (%)", "decode_tok_s": "decode throughput (tokens/s)",
     "peak_mem_mb": "peak memory (MB; RSS on CPU, allocated on CUDA)", "kv_cache_mb": "KV cache (MB)",
+    "kv_decode_mb": "KV cache while decoding (MB)",
 }  # fmt: skip
 IDENTITY = ("method", "model", "m", "R", "params", "n_samples")
 QUALITY = ("rougeL", "bertscore_f1", "accuracy")

@@ -34,7 +34,7 @@ def _summary(row: dict[str, Any]) -> str:
     "generate",
     resumable=True,
     uses_policy=True,
-    metrics=("rougeL", "bertscore_f1", "bleu", "accuracy", "decode_tok_s", "kv_cache_mb"),
+    metrics=("rougeL", "bertscore_f1", "bleu", "accuracy", "decode_tok_s", "kv_cache_mb", "kv_decode_mb"),
     summary=_summary,
 )
 def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
