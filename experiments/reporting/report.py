@@ -67,7 +67,8 @@ OTHER_METRICS = ("accuracy", "rougeL", "bertscore_f1", "bleu", "perplexity", "pr
 # One colour per method in every figure (variants of a method differ by marker and line style).
 METHOD_COLORS = {
     "full": "black", "topk": "tab:gray", "window": "tab:blue", "streaming_llm": "tab:orange", "h2o": "tab:green",
-    "kv_compression": "tab:red", "adore": "tab:purple", "hf_generate": "tab:brown",
+    "kv_compression": "tab:red", "adore": "tab:purple", "hf_generate": "tab:brown", "knorm": "tab:olive",
+    "tova": "tab:cyan", "snapkv": "tab:pink", "pyramidkv": "goldenrod", "adakv": "navy", "quest": "teal",
 }  # fmt: skip
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # Parameters never used to tell series apart (checkpoint hashes; the adapter shows in the model name).
@@ -338,14 +339,16 @@ def _series(labels: dict[Any, str], rows) -> list[str]:
 
 
 def _styles(labels: dict[Any, str], rows) -> dict[str, dict[str, Any]]:
-    """Colour by method; marker and line style by variant within the method."""
+    """Colour by method (and its first marker, so that a dozen methods stay apart in grey print too);
+    marker and line style move on by variant within the method."""
     styles: dict[str, dict[str, Any]] = {}
     seen: dict[str, int] = {}
+    rank = {method: i for i, method in enumerate(METHOD_COLORS)}
     for label in _series(labels, rows):
         method = next(rows.at[i, "method"] for i in rows.index if labels[i] == label)
         i = seen[method] = seen.get(method, -1) + 1
-        styles[label] = {"color": METHOD_COLORS.get(method), "marker": _MARKERS[i % len(_MARKERS)],
-                         "linestyle": _STYLES[i % len(_STYLES)]}  # fmt: skip
+        marker = _MARKERS[(rank.get(method, 0) + i) % len(_MARKERS)]
+        styles[label] = {"color": METHOD_COLORS.get(method), "marker": marker, "linestyle": _STYLES[i % len(_STYLES)]}
     return styles
 
 
