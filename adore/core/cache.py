@@ -100,14 +100,16 @@ class PolicyLayer(DynamicLayer):
 
     # ---- storage: preallocated buffers (see slots.py) ---------------------------------------------
     def capacity_for(self, slots: int) -> int:
-        """Buffer size for holding ``slots``: a bounded layer's budget plus one step's tokens (fixed from
-        the first decode step on); an unbounded one the length the engine announced, else ``slots`` plus
-        an eighth (amortised growth)."""
+        """Buffer size for holding ``slots`` now and one more step's tokens: a bounded layer's budget
+        (or what it holds, when a method such as Ada-KV holds more per head) plus one step's tokens, fixed
+        from the first decode step on; an unbounded one the length the engine announced, else ``slots``
+        plus an eighth (amortised growth)."""
+        step = self.policy.max_step_tokens
         budget = self.policy.layer_budget(self)
         if budget is not None:
-            return max(slots, budget + self.policy.max_step_tokens)
+            return max(slots, budget) + step
         expected = self.owner.expected_length
-        if expected is not None and slots <= expected:
+        if expected is not None and slots + step <= expected:
             return expected
         return slots + max(64, slots // 8)
 
@@ -151,7 +153,7 @@ class PolicyLayer(DynamicLayer):
         new = {"keys": key_states, "values": value_states, "positions": new_pos[:, None].expand(B, H, q),
                "valid": new_valid[:, None].expand(B, H, q)}  # fmt: skip
         allocated = self.kv_bytes()
-        self.slots.append(new, self.capacity_for(stored + q))
+        self.slots.append(new, self.capacity_for(stored))  # grows to at least stored + q
         self._publish(allocated)
         if self.layer_idx == 0:
             self.owner.note_positions(new_pos, new_valid)
