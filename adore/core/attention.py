@@ -84,20 +84,19 @@ def kv_policy_attention(
         # The common decode step: one query per sequence, grouped heads, no logit modifier.
         with _backends(query):
             out = _single_query_gqa(query, key, value, scaling, mask)
-        layer.after_attention(query, scaling)
-        return out, None
-    if mask is not None:
-        mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [B, Hq, q, K]
-    if policy.overrides_attention:
-        modifiers = _modifiers(policy, module, softcap, s_aux)
-        if "layer" in inspect.signature(policy.attend).parameters:
-            modifiers["layer"] = layer  # a policy that reads the slots' positions (Quest's pages)
-        out = policy.attend(module, query, key, value, mask, scaling, **modifiers)
-    elif softcap is not None or s_aux is not None:
-        out = eager_attention(query, key, value, mask, scaling, softcap, s_aux)
     else:
-        with _backends(query):
-            out, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
+        if mask is not None:
+            mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [B, Hq, q, K]
+        if policy.overrides_attention:
+            modifiers = _modifiers(policy, module, softcap, s_aux)
+            if "layer" in inspect.signature(policy.attend).parameters:
+                modifiers["layer"] = layer  # a policy that reads the slots' positions (Quest's pages)
+            out = policy.attend(module, query, key, value, mask, scaling, **modifiers)
+        elif not plain:
+            out = eager_attention(query, key, value, mask, scaling, softcap, s_aux)
+        else:
+            with _backends(query):
+                out, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
     layer.after_attention(query, scaling, softcap=softcap, sinks=s_aux)
     return out, None
 

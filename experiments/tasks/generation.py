@@ -59,7 +59,7 @@ def run_generation(cfg: dict[str, Any]) -> dict[str, Any]:
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
     per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
     sizes = batch_sizes([len(prompts[i]) for i in order], cfg["batch_size"], cfg["max_new_tokens"],
-                        per_token, int(cfg.get("kv_budget_mb", 2048) * 2**20))  # fmt: skip
+                        per_token, int(cfg["kv_budget_mb"] * 2**20))  # fmt: skip
     outputs: dict[int, list[int]] = {}
     prefill_s = decode_s = 0.0
     prompt_tokens = decode_tokens = 0
