@@ -16,7 +16,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 method.m=128 results_dir=$(DEMO_D
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method speed
+.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method speed ablations
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -92,3 +92,14 @@ lint: setup
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# The paper's three ablations (~45 min here, ADORE's controllers trained once): attention sparsity
+# (topk_vs_K), KV rebuild (adore_vs_R) and the controller (adore_by_scored_by), into results/ablations.
+ABLATION_DIR := results/ablations
+ablations: setup
+	$(PY) run.py -m +experiment=ablation_sparsity results_dir=$(ABLATION_DIR)
+	$(PY) run.py method=full dataset.limit=8 max_new_tokens=96 batch_size=4 results_dir=$(ABLATION_DIR)
+	$(PY) run.py -m +experiment=ablation_rebuild results_dir=$(ABLATION_DIR)
+	$(PY) run.py -m +experiment=ablation_controller results_dir=$(ABLATION_DIR)
+	$(PY) run.py -m +experiment=ablation_controller method.scorer=oracle method.controller.cell=gru results_dir=$(ABLATION_DIR)
+	$(PY) run.py task=report results_dir=$(ABLATION_DIR)

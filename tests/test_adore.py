@@ -163,6 +163,50 @@ def test_positions_beyond_training_share_the_last_trained_embedding():
     assert torch.equal(beyond, last) and not torch.equal(inside, last)
 
 
+def test_relative_positions_score_a_shifted_sequence_alike():
+    """Without p_i, only order and distance matter: the same tokens 5000 positions later (past any
+    training length) get the same logits; with the absolute table they do not."""
+    torch.manual_seed(0)
+    embeddings, positions = torch.randn(1, 6, 24), torch.arange(6)[None]
+    relative = ImportanceController(24, ControllerConfig(width=16, positions="relative")).eval()
+    absolute = ImportanceController(24, ControllerConfig(width=16)).eval()
+    assert relative.position is None
+    for controller, same in ((relative, True), (absolute, False)):
+        with torch.no_grad():
+            torch.nn.init.normal_(controller.distance_bias.weight)
+            if controller.position is not None:
+                torch.nn.init.normal_(controller.position.weight)
+            near = controller.pair_logits(embeddings, positions)
+            far = controller.pair_logits(embeddings, positions + 5000)
+        assert torch.allclose(near, far, atol=1e-5) is same
+    with pytest.raises(ConfigError, match="method.controller.positions must be one of absolute, relative"):
+        ControllerConfig(positions="rotary")
+
+
+def test_chunked_sequence_loss_equals_the_whole_matrix_loss():
+    """Row chunks with recomputation give the loss and gradients of the plain class-weighted BCE."""
+    from adore.release.training import sequence_loss
+
+    torch.manual_seed(0)
+    T, K = 40, 4
+    labels = torch.rand(T, T).lt(0.2) & torch.ones(T, T, dtype=torch.bool).tril(-1)
+    sequence = LabelledSequence(torch.randn(T, 24), labels)
+    controller = ImportanceController(24, ControllerConfig(width=16))
+    # the reference: every informative pair at once
+    mask = torch.ones(T, T, dtype=torch.bool).tril(-1)
+    mask[: K + 1] = False
+    logits = controller.pair_logits(sequence.embeddings[None], torch.arange(T)[None])[0][mask]
+    target = labels[mask].float()
+    weight = (target.numel() - target.sum()) / target.sum()
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    expected = torch.autograd.grad(reference, controller.parameters())
+    for row_chunk in (T, 7):
+        loss = sequence_loss(controller, sequence, K, row_chunk=row_chunk)
+        grads = torch.autograd.grad(loss, controller.parameters())
+        assert torch.allclose(loss, reference, atol=1e-6)
+        assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected, strict=True))
+
+
 def test_labels_are_the_topk_of_mean_attention_over_layers_and_heads():
     prompt = random_prompts([16], seed=2)[0]
     ours = aggregated_attention(tiny_llama(), prompt)
@@ -242,6 +286,35 @@ def test_the_query_free_controller_decodes(tiny_model):
     assert engine.generate(prompts, 12).tokens == alone
 
 
+@pytest.mark.parametrize("cell", ["lstm", "mlp"])
+def test_every_controller_cell_decodes_a_padded_batch_like_alone(tiny_model, cell):
+    """The LSTM's (h, c) and the MLP's empty state are sliced per row like the GRU's."""
+    torch.manual_seed(0)
+    controller = ImportanceController(tiny_model.config.hidden_size, ControllerConfig(width=16, cell=cell))
+    policy = build_policy("adore", m=10, R=3, K=4).bind(controller, tiny_model.get_input_embeddings())
+    engine = DecodingEngine(tiny_model, policy, pad_token_id=0)
+    prompts = random_prompts([7, 19], seed=3)
+    alone = [engine.generate([p], 12).tokens[0] for p in prompts]
+    assert engine.generate(prompts, 12).tokens == alone
+
+
+@pytest.mark.parametrize("cell", ["lstm", "mlp"])
+def test_incremental_encoding_equals_one_pass_for_every_cell(cell):
+    """Decoding feeds tokens one at a time with the carried state: the same ``u`` as one pass."""
+    torch.manual_seed(0)
+    controller = ImportanceController(24, ControllerConfig(width=16, cell=cell)).eval()
+    embeddings, positions = torch.randn(2, 5, 24), torch.arange(5)[None].expand(2, -1)
+    with torch.no_grad():
+        whole, _ = controller.encode(embeddings, positions)
+        state, steps = None, []
+        for t in range(5):
+            u, state = controller.encode(embeddings[:, t : t + 1], positions[:, t : t + 1], state)
+            steps.append(u)
+    assert torch.allclose(torch.cat(steps, 1), whole, atol=1e-6)
+    with pytest.raises(ConfigError, match="method.controller.cell must be one of gru, lstm, mlp"):
+        ControllerConfig(cell="transformer")
+
+
 def test_attention_labels_allocate_one_aggregate_per_forward(tiny_model, monkeypatch):
     """The [B, T, T] float32 aggregate is allocated once, not once per layer (``setdefault`` evaluated
     its default for every layer: about 256 MB per layer at T = 8192)."""
@@ -311,4 +384,6 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
 
     old = {"method": "adore", "method_params": {"m": 64, "scorer": "controller", "controller": "K32-abc"}}
     assert method_params(old) == {"m": 64, "scorer": "controller", "controller_checkpoint": "K32-abc",
-                                  "labels_horizon": 1}  # fmt: skip
+                                  "labels_horizon": 1, "positions": "absolute", "scored_by": "gru"}  # fmt: skip
+    oracle = {"method": "adore", "method_params": {"m": 64, "scorer": "oracle"}}
+    assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention"}

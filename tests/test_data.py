@@ -375,8 +375,9 @@ def test_adore_train_dataset_keys_the_artifacts():
     context = run_context(adore_cfg("gutenberg", book="hamlet"))
     assert artifact_dir(on_stream, "smollm2-135m", training_dataset(on_stream, context)) == aclsum
     data = HarnessTrainingData(adore_cfg("gutenberg"))
-    with pytest.raises(ConfigError, match=r"dataset 'gutenberg' has none; set method.train_dataset=aclsum"):
-        data.check_trainable("gutenberg")
+    data.check_trainable("gutenberg")  # a stream with a train split (other works)
+    with pytest.raises(ConfigError, match=r"dataset 'text' has none; set method.train_dataset=aclsum"):
+        data.check_trainable("text")
     with pytest.raises(ConfigError, match="method.train_dataset"):
         data.check_trainable("streameval")
     data.check_trainable("sharegpt")
@@ -386,18 +387,27 @@ def test_adore_train_dataset_keys_the_artifacts():
 
 def test_config_hash_of_rows_written_before_adore_settings_moved():
     """Rows hashed the old layout (a top-level ``adore:`` section); the new layout hashes the same."""
-    from adore.release.settings import SETTINGS_DEFAULTS
+    from adore.release.settings import HASHED_DEFAULTS, SETTINGS_DEFAULTS
     from experiments.infra.results import config_hash
 
-    legacy_block = {k: v for k, v in SETTINGS_DEFAULTS.items() if k != "train_dataset"}
+    legacy_block = {k: v for k, v in HASHED_DEFAULTS.items() if k != "train_dataset"}
     old_full = {**adore_cfg("aclsum"), "method": {"name": "full", "m": None}, "adore": legacy_block}
     new_full = {**adore_cfg("aclsum"), "method": {"name": "full", "m": None}}
     assert config_hash(new_full) == config_hash(old_full)
     old_adore = {**adore_cfg("aclsum"), "method": {"name": "adore", "m": 64, "R": 4, "K": 32, "n_sink": 0,
                  "scorer": "controller"}, "adore": {**legacy_block, "finetune": True}}  # fmt: skip
-    new_adore = {**adore_cfg("aclsum"), "method": {**old_adore["method"], **SETTINGS_DEFAULTS, "finetune": True}}
+    new_adore = {**adore_cfg("aclsum"), "method": {**old_adore["method"], **HASHED_DEFAULTS, "finetune": True}}
     assert config_hash(new_adore) == config_hash(old_adore)
     assert config_hash({**new_adore, "method": {**new_adore["method"], "finetune": False}}) != config_hash(old_adore)
+    # a setting added later (controller.positions) is hash-neutral at its default only
+    absolute = {**new_adore["method"], "controller": {**HASHED_DEFAULTS["controller"], "positions": "absolute"}}
+    assert config_hash({**new_adore, "method": absolute}) == config_hash(old_adore)
+    relative = {**absolute, "controller": {**absolute["controller"], "positions": "relative"}}
+    assert config_hash({**new_adore, "method": relative}) != config_hash(old_adore)
+    # today's defaults are another configuration, but other methods' rows keep their hash
+    today = {**new_adore, "method": {**old_adore["method"], **SETTINGS_DEFAULTS, "finetune": True}}
+    assert config_hash(today) != config_hash(old_adore)
+    assert SETTINGS_DEFAULTS["controller"]["positions"] == "relative"
 
 
 def test_accuracy_is_an_optional_row_key():
@@ -424,3 +434,77 @@ def test_batch_sizes_fixed_and_auto_fit_the_kv_budget():
         for size in sizes:  # every batch of more than one prompt fits the budget
             assert size == 1 or size * (lengths[start + size - 1] + 10) * 4 <= budget
             start += size
+
+
+# ---- streams as training data (issue 13) ------------------------------------------------------
+
+
+def _works(folder, names):
+    folder.mkdir()
+    for name in names:
+        (folder / f"{name}.txt").write_text(f"{name} " * 50)
+
+
+def test_gutenberg_splits_are_disjoint_whole_works(tmp_path):
+    from experiments.data.gutenberg import EVALUATED, VALIDATION
+
+    names = ["hamlet", "lear", "othello", "tempest", "comus", "sonnets", "pericles"]
+    _works(tmp_path / "g", names)
+    ids = {split: [s.id for s in load_samples("gutenberg", data_dir=str(tmp_path / "g"), split=split)]
+           for split in ("train", "val", "test")}  # fmt: skip
+    assert ids["test"] == ["hamlet"]
+    assert ids["val"] == [n for n in sorted(names) if n in VALIDATION]
+    # the plain rule: train is every work neither evaluated nor validation
+    assert ids["train"] == sorted(n for n in names if n not in EVALUATED and n not in VALIDATION)
+    assert not set(ids["train"]) & (set(ids["val"]) | set(ids["test"]))
+    # streaming a validation work: it leaves val
+    val = load_samples("gutenberg", book="othello", data_dir=str(tmp_path / "g"), split="val")
+    assert [s.id for s in val] == ["tempest"]
+    with pytest.raises(ConfigError, match="dataset.book=comus is one of the works ADORE's controller trains on"):
+        load_samples("gutenberg", book="comus", data_dir=str(tmp_path / "g"), split="train")
+    with pytest.raises(ConfigError, match="dataset.split must be one of train, val, test, got 'dev'"):
+        load_samples("gutenberg", data_dir=str(tmp_path / "g"), split="dev")
+
+
+class _CharTokenizer:
+    """One token per character (ids = code points): windows are easy to check by hand."""
+
+    def __call__(self, text):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_stream_windows_round_robin_over_works():
+    from experiments.data import Sample
+    from experiments.infra.runtime import stream_windows
+
+    works = [
+        Sample("a", {"text": "a" * 25}, ""),
+        Sample("b", {"text": "b" * 7}, ""),
+        Sample("c", {"text": "c" * 12}, ""),
+    ]
+    windows = stream_windows(_CharTokenizer(), works, limit=5, length=6)
+    text = ["".join(map(chr, w)) for w in windows]
+    # every work's first window, then every second window, ... (b has one, c two, a four)
+    assert text == ["aaaaaa", "bbbbbb", "cccccc", "aaaaaa", "cccccc"]
+    assert all(len(w) == 6 for w in windows)
+    assert len(stream_windows(_CharTokenizer(), works, limit=100, length=6)) == 4 + 1 + 2
+
+
+def test_a_stream_trains_on_its_train_works(tmp_path):
+    from experiments.infra.runtime import HarnessTrainingData
+
+    _works(tmp_path / "g", ["hamlet", "othello", "comus", "sonnets"])
+    cfg = adore_cfg("gutenberg", book="hamlet", data_dir=str(tmp_path / "g"), max_tokens=4)
+    sequences = HarnessTrainingData(cfg).sequences(_CharTokenizer(), "gutenberg", "train", 3, 10)
+    assert ["".join(map(chr, ids)) for ids, _ in sequences] == ["comus comu", "sonnets so", "s comus co"]
+    assert all(prompt == 0 for _, prompt in sequences)
+
+
+def test_adore_settings_defaults_equal_its_yaml():
+    import yaml
+
+    from adore.release.settings import SETTINGS_DEFAULTS
+    from tests.conftest import ROOT
+
+    conf = yaml.safe_load((ROOT / "conf" / "method" / "adore.yaml").read_text())
+    assert {k: conf[k] for k in SETTINGS_DEFAULTS} == SETTINGS_DEFAULTS

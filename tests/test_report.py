@@ -21,6 +21,8 @@ FIGURES = (
     f"quality_vs_m_aclsum_{MODEL}",
     f"quality_vs_m_gsm8k_{MODEL}",
     f"adore_vs_R_aclsum_{MODEL}",
+    f"quality_vs_m_sharegpt_{MODEL}",
+    f"adore_by_scored_by_sharegpt_{MODEL}",
     f"stream_perplexity_gutenberg_{MODEL}",
     f"throughput_vs_context_aclsum_{MODEL}",
 )
@@ -45,6 +47,10 @@ def write_fixture(results_dir: Path) -> None:
         rows.append(generate_row("adore", m, 13.0 + m / 16, R=4))
     rows += [generate_row("adore", 64, 15.5, R=0), generate_row("full", None, 20.0)]
     rows += [generate_row("window", m, 5.0, dataset="gsm8k", accuracy=float(m) / 8) for m in (32, 64)]
+    for rouge, scorer, recall in ((14.0, "gru", 0.6), (12.0, "mlp", 0.4), (13.0, "attention", 0.7)):
+        row = generate_row("adore", 64, rouge, R=0, dataset="sharegpt", rougeL_ci=[rouge - 1, rouge + 2])
+        row["method_params"].update(scored_by=scorer, recall_at_m=recall)
+        rows.append(row)
     for method, m, ppl in (("window", 64, 60.0), ("streaming_llm", 64, 25.0)):
         run_dir = results_dir / "runs" / f"stream-{method}"
         run_dir.mkdir(parents=True)
@@ -104,7 +110,7 @@ def test_report_writes_tables_and_figures_and_skips_a_corrupt_line(tmp_path):
     for stem in FIGURES:
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000, f"{stem}{suffix}"
-    assert (tmp_path / "table.md").read_text().count("\n") == 2 + 10  # header, rule, ten generate rows
+    assert (tmp_path / "table.md").read_text().count("\n") == 2 + 13  # header, rule, 13 generate rows
     assert "skipped" not in result.stdout
 
     # A fresh clone has the tables but not the run folders: the streaming figure uses the tables' copy.
@@ -126,6 +132,14 @@ def test_figures_are_titled_labelled_and_skipped_without_data(tmp_path):
     legend = [text.get_text() for text in quality.legends[0].get_texts()]
     assert legend == ["window", "h2o", "adore R=0", "adore R=4", "full (no eviction)"]
     assert len(figures[f"quality_vs_m_gsm8k_{MODEL}"].axes) == 3  # accuracy too
+    choices = figures[f"adore_by_scored_by_sharegpt_{MODEL}"]
+    assert [axis.get_ylabel() for axis in choices.axes][:3] == [
+        "ROUGE-L F1 (0-100)", "BERTScore-F1 (0-100)", "recall@m of the true top-K (held out)"]  # fmt: skip
+    rouge = [c for c in choices.axes[0].containers if hasattr(c, "patches")]
+    assert [[p.get_height() for p in c.patches] for c in rouge] == [[13.0], [14.0], [12.0]]  # attention, gru, mlp
+    recall = [c for c in choices.axes[2].containers if hasattr(c, "patches")]
+    assert [[p.get_height() for p in c.patches] for c in recall] == [[0.7], [0.6], [0.4]]
+    assert "adore_vs_recall_at_m" not in " ".join(figures)  # a measured value is no swept parameter
     throughput = figures[f"throughput_vs_context_aclsum_{MODEL}"]
     assert [axis.get_title() for axis in throughput.axes] == ["batch size 1", "batch size 4"]
     assert throughput.axes[0].get_xlabel() == "context length (tokens)"
@@ -133,7 +147,7 @@ def test_figures_are_titled_labelled_and_skipped_without_data(tmp_path):
     only_full = tmp_path / "only_full"
     append_row(only_full, generate_row("full", None, 20.0))
     figures, skipped = build_figures(load_frame(only_full), only_full)
-    assert figures == {} and len(skipped) == 4
+    assert figures == {} and len(skipped) == 5
     assert skipped[0].startswith("figure quality_vs_m skipped: needs generate rows at a cache budget m")
 
 

@@ -19,7 +19,9 @@ from experiments.runtime import Run, policy_from_config
 from experiments.sweep import canonical_config, resume_check
 from tests.conftest import ROOT, conf_choices
 
-PRESETS = ("sweep_m", "sweep_R", "paper", "paper_stream", "paper_small")
+PRESETS = ("sweep_m", "sweep_R", "paper", "paper_stream", "paper_small", "stream_heldout", "ablation_sparsity",
+           "ablation_rebuild", "ablation_controller")  # fmt: skip
+STREAM_PRESETS = ("paper_stream", "stream_heldout")
 
 
 def composed(*overrides: str, hydra: bool = False):
@@ -154,8 +156,8 @@ def test_presets_sweep_known_methods_and_datasets_of_the_right_task(preset):
     datasets = str(params.get("dataset", cfg.dataset.name)).split(",")
     assert set(datasets) <= {p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml")}
     tasks = {dataset_spec(name).task for name in datasets}
-    assert tasks == ({"generate"} if preset != "paper_stream" else tasks - {"generate"})
-    budgets = [int(m) for m in str(params.get("method.m", cfg.method.get("m"))).split(",")]
+    assert tasks == ({"generate"} if preset not in STREAM_PRESETS else tasks - {"generate"})
+    budgets = [int(m) for m in str(params.get("method.m", cfg.method.get("m"))).split(",") if m != "None"]
     assert all(m > 0 for m in budgets)
-    if "adore" in methods and preset != "sweep_R":
+    if "adore" in methods and preset not in ("sweep_R", "ablation_rebuild"):
         assert cfg.method.name != "adore" or cfg.method.K <= min(budgets)

@@ -29,10 +29,13 @@ from .controller import ControllerConfig, ImportanceController
 from .finetune import FinetuneExample, LoraConfig, sparse_finetune
 from .labels import aggregated_attention, topk_past
 from .settings import SETTINGS_DEFAULTS
-from .training import LabelledSequence, train_controller
+from .training import LabelledSequence, scores_recall_at_m, train_controller
 
 if TYPE_CHECKING:
     from .policy import ADORE
+
+
+LATER_CONTROLLER_DEFAULTS = {"positions": "absolute", "cell": "gru"}
 
 
 def training_dataset(policy: ADORE, context: RunContext) -> str:
@@ -45,9 +48,11 @@ def artifact_dir(policy: ADORE, model_name: str, dataset: str, finetune: bool | 
     labels = dict(policy.labels)
     if labels.get("horizon", 1) == 1:
         labels.pop("horizon", None)  # the default keeps the key of checkpoints made before the switch existed
+    # Controller settings added later key no folder at their defaults (older checkpoints keep theirs).
+    controller = {k: v for k, v in policy.controller.items() if LATER_CONTROLLER_DEFAULTS.get(k, object()) != v}
     finetune = policy.finetune if finetune is None else finetune
     settings = {
-        "controller": policy.controller,
+        "controller": controller,
         "labels": labels,
         "train": policy.train,
         "finetune": finetune,
@@ -204,10 +209,30 @@ def check_controller_available(context: RunContext, policy: ADORE) -> None:
     _require_trainable(policy, context)  # it will be trained: say now if it cannot be
 
 
+def attention_recall(context: RunContext, loaded: LoadedModel, policy: ADORE) -> dict[str, float]:
+    """The training-free scorer's recall@m of the true top-K on the held-out split (the measure the
+    controllers report), or nothing where the run has no held-out data."""
+    if context.data is None:
+        return {}
+    try:
+        context.data.check_trainable(training_dataset(policy, context))
+    except ConfigError:
+        return {}
+    held_out = [ids for ids, _ in _sequences(policy, context, loaded, "val", policy.train["eval_samples"])]
+    scores, labels = [], []
+    for ids in tqdm(held_out, desc="attention recall (held out)", unit="seq"):
+        attention = aggregated_attention(loaded.model, ids, policy.labels["aggregate"]).cpu()
+        scores.append(attention)
+        labels.append(topk_past(attention, policy.K, policy.labels.get("horizon", 1)))
+    recall, _ = scores_recall_at_m(scores, labels, policy.m)
+    return {"recall_at_m": round(recall, 4)}
+
+
 def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> None:
     """Bind a trained controller to the policy (training it first when allowed), and merge the sparse
     fine-tuning adapter when ``method.finetune`` is on."""
     if policy.scorer == "oracle":
+        policy.training = attention_recall(context, loaded, policy)
         return
     # An earlier ADORE entry of the same run (task=throughput) may have merged its sparse fine-tune
     # into the shared model and renamed it: artifacts are keyed by the model as it was before that.
@@ -239,7 +264,11 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
         loaded.name = adapted_name(loaded.name, adapter)
     controller = load_controller(folder, policy.train["max_length"]).to(loaded.device)
     policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
-    policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune}
+    report = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune,
+                       "positions": controller.config.positions}  # fmt: skip
+    if report.get("recall_at_m") is not None and report.get("m_for_recall") == policy.m:
+        policy.training["recall_at_m"] = round(report["recall_at_m"], 4)  # held out, at this run's m
 
 
 def train_summary(context: RunContext, loaded: LoadedModel, policy: ADORE) -> str:

@@ -6,7 +6,10 @@ tokens for the current token. From the summary in ``shared/seed``: ``z_i = GRU(x
 ``sigma_i = sigmoid(MLP(p_i + z_i))``. Our reading (README, "our reading of ADORE"):
 
 * ``x_i`` is the frozen LLM input embedding, projected down to ``width`` before the GRU;
-  ``p_i`` is a learned position embedding.
+  ``p_i`` is a learned position embedding (``positions="absolute"``, the paper's reading), or absent
+  (``positions="relative"``): then position enters only through the GRU's order and the distance
+  bias ``b(t - i)``, both of which extrapolate to streams longer than any training sequence, while
+  rows of an absolute table past the training length were never trained.
 * ``scorer="query_aware"`` (default) conditions the score on the current token, so a released token
   can become important again, which is what makes rebuilding meaningful:
   ``logit_{t,i} = MLP(u_i) + <W_q u_t, W_k u_i> / sqrt(width) + b(bucket(t - i))``, ``u = z + p``.
@@ -27,6 +30,8 @@ from torch import nn
 from adore import ConfigError
 
 SCORERS = ("query_aware", "query_free")
+POSITIONS = ("absolute", "relative")
+CELLS = ("gru", "lstm", "mlp")  # the paper's GRU; an LSTM; a per-token MLP without recurrence (ablation)
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,18 @@ class ControllerConfig:
     scorer: str = "query_aware"
     max_positions: int = 8192
     distance_buckets: int = 32
+    positions: str = "absolute"
+    cell: str = "gru"
 
     def __post_init__(self) -> None:
         if self.scorer not in SCORERS:
             raise ConfigError(f"adore.controller.scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if self.cell not in CELLS:
+            raise ConfigError(f"method.controller.cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.positions not in POSITIONS:
+            raise ConfigError(
+                f"method.controller.positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"
+            )
         if self.width <= 0:
             raise ConfigError(f"adore.controller.width must be positive, got {self.width}")
 
@@ -65,8 +78,14 @@ class ImportanceController(nn.Module):
         self.config = config
         width = config.width
         self.project = nn.Linear(embed_dim, width)
-        self.gru = nn.GRU(width, width, batch_first=True)
-        self.position = nn.Embedding(config.max_positions, width)
+        # The recurrence over tokens (module names keep GRU checkpoints loadable).
+        if config.cell == "gru":
+            self.gru = nn.GRU(width, width, batch_first=True)
+        elif config.cell == "lstm":
+            self.lstm = nn.LSTM(width, width, batch_first=True)
+        else:
+            self.token_cell = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU())
+        self.position = nn.Embedding(config.max_positions, width) if config.positions == "absolute" else None
         # Positions at or beyond the longest training sequence share its last trained embedding: rows
         # past it were never trained and would score tokens at random (set by train_controller).
         self.register_buffer("trained_positions", torch.tensor(config.max_positions))
@@ -81,16 +100,27 @@ class ImportanceController(nn.Module):
     def encode(
         self, embeddings: torch.Tensor, positions: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the GRU over new tokens.
+        """Run the recurrence over new tokens.
 
         Args:
             embeddings: ``[B, T, E]`` frozen LLM input embeddings of the new tokens.
             positions: ``[B, T]`` their positions.
-            state: ``[1, B, W]`` GRU state after the previous tokens (``None``: start).
+            state: ``[S, B, W]`` recurrent state after the previous tokens (``None``: start); ``S`` is 1
+                for the GRU, 2 for the LSTM (``h`` and ``c`` stacked) and 0 for the MLP, so callers
+                slice and concatenate batch rows of any cell alike.
         Returns:
-            ``u [B, T, W]`` (GRU output plus position embedding) and the new state ``[1, B, W]``.
+            ``u [B, T, W]`` (cell output, plus the position embedding when absolute) and the new state.
         """
-        z, state = self.gru(self.project(embeddings.to(self.project.weight.dtype)), state)
+        x = self.project(embeddings.to(self.project.weight.dtype))
+        if self.config.cell == "gru":
+            z, state = self.gru(x, state)
+        elif self.config.cell == "lstm":
+            z, (h, c) = self.lstm(x, None if state is None else (state[:1].contiguous(), state[1:].contiguous()))
+            state = torch.cat([h, c])
+        else:
+            z, state = self.token_cell(x), x.new_zeros(0, x.shape[0], x.shape[2])
+        if self.position is None:
+            return z, state
         return z + self.position(torch.minimum(positions, self.trained_positions - 1)), state
 
     def token_terms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

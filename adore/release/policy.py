@@ -37,7 +37,7 @@ from adore import (
 
 from .artifacts import artifact_dir, check_controller_available, prepare_adore, train_summary, training_dataset
 from .controller import ImportanceController
-from .settings import SETTINGS_DEFAULTS
+from .settings import HASHED_DEFAULTS, SETTINGS_DEFAULTS
 
 if TYPE_CHECKING:
     from adore import LoadedModel
@@ -92,7 +92,7 @@ class ADORE(ScoredPolicy):
     lora: dict = field(default_factory=_copy_of("lora"), repr=False)
 
     uniform = True
-    moved_settings = ("adore", SETTINGS_DEFAULTS)
+    moved_settings = ("adore", HASHED_DEFAULTS)
 
     @classmethod
     def row_params(cls, params: dict) -> dict:
@@ -102,6 +102,10 @@ class ADORE(ScoredPolicy):
         # Rows from before method.labels.horizon existed were trained on next-step labels (horizon 1).
         if params.get("scorer") == "controller" and params.get("labels_horizon") is None:
             params["labels_horizon"] = 1
+        if params.get("scorer") == "controller" and params.get("positions") is None:  # before relative positions
+            params["positions"] = "absolute"
+        if "scored_by" not in params and params.get("scorer") in SCORERS:  # rows before the cells existed: GRU
+            params["scored_by"] = "attention" if params["scorer"] == "oracle" else "gru"
         return params
 
     def __post_init__(self) -> None:
@@ -141,6 +145,11 @@ class ADORE(ScoredPolicy):
 
     def describe(self) -> dict:
         params = {k: v for k, v in super().describe().items() if k not in SETTINGS_DEFAULTS or k == "slicing"}
+        # What ranks the tokens, in one word (the controller ablation's axis): the network's cell, or
+        # the training-free current-query attention.
+        params["scored_by"] = self.controller.get("cell", "gru") if self.scorer == "controller" else "attention"
+        if self.scorer == "oracle":
+            params.update(self.training)  # its recall@m on held-out data, where measured
         if self.scorer == "controller":
             # Not "controller": that is the parameter (the network's settings), and a described
             # parameter that reads None counts as ignored by the sweep's canonical config.
@@ -206,19 +215,19 @@ class ADORE(ScoredPolicy):
             state["static"], state["keys"] = static, keys
         embeddings = self.embedding(input_ids)
         if bool(valid.all()):
-            u, state["gru"] = controller.encode(embeddings, positions, state.get("gru"))
+            u, state["recurrent"] = controller.encode(embeddings, positions, state.get("recurrent"))
         else:  # left-padded prefill: run each sequence on its real tokens only
             u = embeddings.new_zeros(*input_ids.shape, width, dtype=torch.float32)
             states = []
             for row in range(B):
                 keep = valid[row]
-                previous = state["gru"][:, row : row + 1].contiguous() if "gru" in state else None
+                previous = state["recurrent"][:, row : row + 1].contiguous() if "recurrent" in state else None
                 u_row, h_row = controller.encode(
                     embeddings[row : row + 1, keep], positions[row : row + 1, keep], previous
                 )
                 u[row, keep] = u_row[0]
                 states.append(h_row)
-            state["gru"] = torch.cat(states, dim=1)
+            state["recurrent"] = torch.cat(states, dim=1)
         static, keys = controller.token_terms(u)
         rows, cols = _valid_coordinates(positions, valid)
         state["static"][rows, cols] = static[valid]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from .controller import ControllerConfig, ImportanceController
@@ -46,18 +47,72 @@ def _pair_mask(length: int, K: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
-def sequence_loss(controller: ImportanceController, sequence: LabelledSequence, K: int) -> torch.Tensor | None:
-    """Class-weighted BCE over the informative pairs: positives are weighted by ``#neg / #pos``."""
+ROW_CHUNK = 512  # query rows per piece of a long sequence's loss (memory O(ROW_CHUNK * T), not O(T^2))
+
+
+def _rows_loss(
+    controller: ImportanceController,
+    u: torch.Tensor,
+    static: torch.Tensor,
+    keys: torch.Tensor | None,
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor,
+) -> torch.Tensor:
+    """Summed weighted BCE of query ``rows`` (``[C]``) against every key: ``labels``/``mask`` ``[C, T]``."""
+    positions = torch.arange(u.shape[1], device=u.device)[None]
+    logits = controller.logits(u[:, rows], rows[None], static, keys, positions)[0]
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[mask], labels[mask].float(), pos_weight=pos_weight, reduction="sum"
+    )
+
+
+def sequence_loss(
+    controller: ImportanceController, sequence: LabelledSequence, K: int, row_chunk: int = ROW_CHUNK
+) -> torch.Tensor | None:
+    """Class-weighted BCE over the informative pairs: positives are weighted by ``#neg / #pos``.
+
+    The GRU runs once over the whole sequence; the pair logits are formed ``row_chunk`` query rows at
+    a time and recomputed in the backward pass (activation checkpointing), so a sequence as long as
+    an evaluated stream trains in ``O(row_chunk * T)`` memory."""
     T = sequence.length
     mask = _pair_mask(T, K, sequence.labels.device)
-    if not bool(mask.any()):
+    count = int(mask.sum())
+    if count == 0:
         return None
-    positions = torch.arange(T, device=sequence.embeddings.device)[None]
-    logits = controller.pair_logits(sequence.embeddings[None], positions)[0][mask]
-    target = sequence.labels[mask].float()
-    positives = target.sum().clamp(min=1.0)
-    pos_weight = (target.numel() - positives) / positives
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+    positives = (sequence.labels & mask).sum().float().clamp(min=1.0)
+    pos_weight = (count - positives) / positives
+    u, _ = controller.encode(sequence.embeddings[None], torch.arange(T, device=sequence.embeddings.device)[None])
+    static, keys = controller.token_terms(u)
+    total = u.new_zeros(())
+    for start in range(0, T, row_chunk):
+        rows = torch.arange(start, min(start + row_chunk, T), device=u.device)
+        args = (controller, u, static, keys, rows, sequence.labels[rows], mask[rows], pos_weight)
+        chunked = T > row_chunk  # one piece needs no recomputation
+        total = total + (checkpoint(_rows_loss, *args, use_reentrant=False) if chunked else _rows_loss(*args))
+    return total / count
+
+
+def _recall_counts(scores: torch.Tensor, truth: torch.Tensor, m: int) -> tuple[float, float, float]:
+    """Hits of the top-``m`` past tokens by ``scores [T, T]`` among the true sets ``truth [T, T]``, the
+    true count, and the hits a random pick of ``m`` would expect, over queries with more than ``m``
+    past tokens."""
+    T = scores.shape[0]
+    if T <= m + 1:
+        return 0.0, 0.0, 0.0
+    past = torch.ones(T, T, dtype=torch.bool).tril(-1)
+    scores = scores.masked_fill(~past, float("-inf"))
+    rows = torch.arange(m + 1, T)
+    chosen = torch.zeros(T, T, dtype=torch.bool).scatter_(1, scores.topk(m, dim=-1).indices, True)
+    true_counts = truth[rows].sum(dim=-1).double()
+    chance = (m / rows.double()).clamp(max=1.0) @ true_counts
+    return (chosen[rows] & truth[rows]).sum().item(), true_counts.sum().item(), chance.item()
+
+
+def _ratios(counts: list[tuple[float, float, float]]) -> tuple[float, float]:
+    hits, total, chance = (sum(column) for column in zip(*counts, strict=True)) if counts else (0, 0, 0)
+    return (math.nan, math.nan) if total == 0 else (hits / total, chance / total)
 
 
 @torch.no_grad()
@@ -66,24 +121,17 @@ def recall_at_m(
 ) -> tuple[float, float]:
     """Mean over queries with more than ``m`` past tokens of ``|top-m(controller) ∩ top-K(true)| / K``,
     and the same for a random pick of ``m`` (``m / #past``)."""
-    hits = total = chance = 0.0
+    counts = []
     for sequence in sequences:
-        T = sequence.length
-        if T <= m + 1:
-            continue
-        positions = torch.arange(T)[None]
-        logits = controller.pair_logits(sequence.embeddings[None], positions)[0]
-        past = torch.ones(T, T, dtype=torch.bool).tril(-1)
-        logits = logits.masked_fill(~past, float("-inf"))
-        rows = torch.arange(m + 1, T)
-        chosen = torch.zeros(T, T, dtype=torch.bool).scatter_(1, logits.topk(m, dim=-1).indices, True)
-        truth = sequence.labels
-        hits += (chosen[rows] & truth[rows]).sum().item()
-        total += truth[rows].sum().item()
-        chance += sum(min(1.0, m / int(t)) * truth[t].sum().item() for t in rows)
-    if total == 0:
-        return math.nan, math.nan
-    return hits / total, chance / total
+        logits = controller.pair_logits(sequence.embeddings[None], torch.arange(sequence.length)[None])[0]
+        counts.append(_recall_counts(logits, sequence.labels, m))
+    return _ratios(counts)
+
+
+def scores_recall_at_m(scores: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], m: int) -> tuple[float, float]:
+    """:func:`recall_at_m` of any scorer given as score matrices ``[T, T]`` (e.g. the current query's
+    attention, ADORE's training-free scorer), against label matrices of the same sequences."""
+    return _ratios([_recall_counts(s, y, m) for s, y in zip(scores, labels, strict=True)])
 
 
 def train_controller(

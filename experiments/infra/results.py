@@ -53,7 +53,14 @@ NUMBER_KEYS = (
 TEXT_KEYS = ("task", "method", "dataset", "model")
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
 # of the hash at that default, so earlier rows keep their hash.
-HASH_NEUTRAL_DEFAULTS = {("adore", "train_dataset"): None, (None, "kv_budget_mb"): 2048}
+# Settings added after rows were written: at these defaults (by key path) they leave a row's hash as
+# it was, so the rows stay resumable.
+HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("adore", "train_dataset"): None,
+    ("kv_budget_mb",): 2048,
+    ("adore", "controller", "positions"): "absolute",
+    ("adore", "controller", "cell"): "gru",
+}
 RUNS_FILE = "runs.jsonl"
 # Top-level keys that say where outputs go or whether to rerun, not what a run computes.
 NOT_HASHED = ("results_dir", "hydra", "force")
@@ -95,15 +102,21 @@ def _legacy_layout(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _without_default(config: Mapping[str, Any], path: tuple[str, ...], default: Any) -> Mapping[str, Any]:
+    """``config`` without the key at ``path`` when it holds ``default`` (copies only along the path)."""
+    head, *rest = path
+    if not isinstance(config, Mapping) or head not in config:
+        return config
+    if rest:
+        return {**config, head: _without_default(config[head], tuple(rest), default)}
+    return {k: v for k, v in config.items() if k != head} if config[head] == default else config
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """Stable hash of the settings that define a run's numbers (not where its outputs go)."""
     relevant = _legacy_layout({k: v for k, v in config.items() if k not in NOT_HASHED})
-    for (section, key), default in HASH_NEUTRAL_DEFAULTS.items():
-        if section is None:  # a top-level key
-            if relevant.get(key, default) == default:
-                relevant.pop(key, None)
-        elif isinstance(relevant.get(section), Mapping) and relevant[section].get(key, default) == default:
-            relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
+    for path, default in HASH_NEUTRAL_DEFAULTS.items():
+        relevant = _without_default(relevant, path, default)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -43,27 +43,48 @@ class HarnessTrainingData:
 
     def check_trainable(self, dataset: str) -> None:
         spec = dataset_spec(dataset)
-        if spec.task != "generate" or "split" not in inspect.signature(spec.loader).parameters:
+        if spec.task not in ("generate", "stream") or "split" not in inspect.signature(spec.loader).parameters:
             raise ConfigError(
                 f"ADORE's controller needs a dataset with a train split and dataset {dataset!r} has none; "
-                f"set method.train_dataset=aclsum (or sharegpt, gsm8k) to use that dataset's controller"
+                f"set method.train_dataset=aclsum (or sharegpt, gsm8k, gutenberg) to use that dataset's controller"
             )
 
-    def samples(self, dataset: str, split: str, limit: int) -> list:
+    def samples(self, dataset: str, split: str, limit: int | None) -> list:
         self.check_trainable(dataset)
         options = dataset_options(self.cfg["dataset"]) if dataset == self.cfg["dataset"]["name"] else {}
         options.pop("split", None)
+        options.pop("max_tokens", None)  # how much of the evaluated stream is read, not of the training works
         return load_samples(dataset, limit, split=split, **options)
 
     def sequences(self, tokenizer, dataset: str, split: str, limit: int, max_length: int):
-        """Prompt and reference as one chat (teacher forcing): ``(ids, prompt length)`` per sample."""
+        """``(ids, prompt length)`` per sample: for a chat dataset, prompt and reference as one chat
+        (teacher forcing); for a stream, consecutive windows of ``max_length`` tokens of the split's
+        works, taken round-robin (every work's first window, then every work's second, ...) so that
+        ``limit`` windows come from as many works as possible (prompt length 0)."""
         spec = dataset_spec(dataset)
+        if spec.task == "stream":
+            return [
+                (ids, 0) for ids in stream_windows(tokenizer, self.samples(dataset, split, None), limit, max_length)
+            ]
         out = []
         for sample in self.samples(dataset, split, limit):
             prompt = build_prompt_ids(tokenizer, spec, sample)
             ids = build_chat_ids(tokenizer, spec, sample)
             out.append((ids[:max_length], min(len(prompt), max_length)))
         return out
+
+
+def stream_windows(tokenizer, samples: list, limit: int, length: int) -> list[list[int]]:
+    """Up to ``limit`` windows of ``length`` tokens, round-robin over the works (each work read as the
+    stream task reads a text: its tokenizer ids from the start; a short work gives out early)."""
+    chars = -(-limit // len(samples)) * length * 6  # ~4 characters per token: text enough for the windows needed
+    tokenized = [tokenizer(s.fields["text"][:chars])["input_ids"] for s in samples]
+    windows: list[list[int]] = []
+    for start in range(0, max(len(ids) for ids in tokenized), length):
+        windows += [ids[start : start + length] for ids in tokenized if len(ids) >= start + length]
+        if len(windows) >= limit:
+            break
+    return windows[:limit]
 
 
 def expected_model_name(cfg: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ then writes::
         quality_vs_m           ROUGE-L, BERTScore-F1 (and accuracy) against the budget m, a line per method
         <method>_vs_<param>    a method's quality and decode tok/s against any swept parameter
                                (e.g. adore_vs_R), a line per m
+        <method>_by_<param>    bars of a method's quality (and recall@m) per choice of a text
+                               parameter (e.g. adore_by_scored_by), a group per m
         stream_perplexity      perplexity per window against position (each stream run's windows.json)
         throughput_vs_context  decode tok/s against context length, a line per method, a panel per batch size
 
@@ -43,7 +45,9 @@ COLUMNS = (
     ("decode_tok_s", "decode tok/s"), ("kv_cache_mb", "KV MB"),
 )  # fmt: skip
 # Parameters shown in their own columns, or too long to be useful in a table.
-_HIDDEN = {"m", "R", "controller_checkpoint", "controller_scorer", "chunk", "finetune"}
+_HIDDEN = {"m", "R", "controller_checkpoint", "controller_scorer", "chunk", "finetune", "recall_at_m"}
+# Described values a method measured (not set): never a variant or a sweep, shown as their own panel.
+DIAGNOSTICS = {"recall_at_m": "recall@m of the true top-K (held out)"}
 
 # Column titles (tables) and axis labels with units (figures).
 TITLES = {
@@ -72,7 +76,7 @@ METHOD_COLORS = {
 }  # fmt: skip
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # Parameters never used to tell series apart (checkpoint hashes; the adapter shows in the model name).
-_LABEL_HIDDEN = {"controller_checkpoint", "controller_scorer", "chunk", "finetune"}
+_LABEL_HIDDEN = {"controller_checkpoint", "controller_scorer", "chunk", "finetune", *DIAGNOSTICS}
 _STYLES = ("-", "--", "-.", ":")
 _REFERENCE_STYLES = {"-": "--", "--": ":", "-.": "-.", ":": (0, (1, 4))}  # horizontal reference lines
 
@@ -423,17 +427,21 @@ def quality_vs_m(frame, dataset: str, model: str):
     return figure
 
 
-def swept_parameters(rows) -> list[tuple[str, str]]:
-    """``(method, parameter)`` for every numeric method parameter other than ``m`` that takes two or
-    more values among one method's rows at the same budget (ADORE's ``R``, H2O's ``heavy_ratio``; not
-    a parameter derived from m, such as Scissorhands' ``recent = m // 4``)."""
+def swept_parameters(rows, categorical: bool = False) -> list[tuple[str, str]]:
+    """``(method, parameter)`` for every method parameter other than ``m`` that takes two or more
+    values among one method's rows at the same budget: numeric ones (ADORE's ``R``, H2O's
+    ``heavy_ratio``; not a parameter derived from m, such as Scissorhands' ``recent = m // 4``), or
+    with ``categorical`` the text-valued ones (what scores ADORE's tokens). Measured values
+    (:data:`DIAGNOSTICS`) are no parameters."""
     swept = []
     for method, group in rows.groupby("method", sort=True):
         values: dict[tuple[str, Any], set] = {}
         for record in group.to_dict("records"):
             params = method_params(record)
             for key, value in params.items():
-                if key != "m" and isinstance(value, int | float) and not isinstance(value, bool):
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                kept = isinstance(value, str) if categorical else numeric
+                if key != "m" and key not in _LABEL_HIDDEN and kept:
                     values.setdefault((key, params.get("m")), set()).add(value)
         keys = {key for (key, _), seen in values.items() if len(seen) >= 2}
         swept += [(str(method), key) for key in sorted(keys)]
@@ -465,6 +473,47 @@ def quality_vs_parameters(frame, dataset: str, model: str) -> dict[str, Any]:
         figure.suptitle(f"{method} against {parameter}: {model} on {dataset}{_sample_note(own)}")
         _legend(figure, axes)
         figures[f"{method}_vs_{parameter}"] = figure
+    return figures
+
+
+def quality_by_choices(frame, dataset: str, model: str) -> dict[str, Any]:
+    """For every text-valued parameter a method's rows sweep (``swept_parameters(categorical=True)``):
+    bars of its quality per choice (95% intervals as error bars), a group per budget m, and a panel
+    per measured diagnostic the rows carry (recall@m). ``{"<method>_by_<parameter>": Figure}``."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)]
+    figures = {}
+    for method, parameter in swept_parameters(rows, categorical=True):
+        own = rows[rows["method"] == method].copy()
+        records = own.to_dict("records")
+        own[parameter] = [method_params(r).get(parameter) for r in records]
+        for key in DIAGNOSTICS:
+            own[key] = [method_params(r).get(key) for r in records]
+        own = own[own[parameter].notna()]
+        panels = [k for k in (*QUALITY, *DIAGNOSTICS, "decode_tok_s") if own[k].notna().any()]
+        choices = sorted(set(own[parameter]), key=_natural)
+        budgets = sorted(own["m"].dropna().unique()) or [None]
+        figure, axes = _new_figure(len(panels), len(choices))
+        width = 0.8 / len(choices)
+        for axis, metric in zip(axes, panels, strict=True):
+            for c, choice in enumerate(choices):
+                heights, errors = [], [[], []]
+                for m in budgets:
+                    point = own[(own[parameter] == choice) & ((own["m"] == m) if m is not None else own["m"].isna())]
+                    value = point[metric].iloc[-1] if not point.empty else float("nan")
+                    ci = point[f"{metric}_ci"].iloc[-1] if f"{metric}_ci" in point and not point.empty else None
+                    heights.append(value)
+                    low, high = (value - ci[0], ci[1] - value) if isinstance(ci, list | tuple) else (0.0, 0.0)
+                    errors[0].append(low)
+                    errors[1].append(high)
+                axis.bar([b + c * width for b in range(len(budgets))], heights, width, yerr=errors, capsize=3,
+                         label=f"{parameter}={choice}", color=f"C{c}")  # fmt: skip
+            axis.set_xticks([b + width * (len(choices) - 1) / 2 for b in range(len(budgets))])
+            axis.set_xticklabels([f"m={int(m)}" if m is not None else "-" for m in budgets])
+            axis.set(ylabel=AXIS_LABELS.get(metric) or DIAGNOSTICS.get(metric, metric))
+            axis.grid(alpha=0.3, axis="y")
+        figure.suptitle(f"{method} by {parameter}: {model} on {dataset}{_sample_note(own)}")
+        _legend(figure, axes)
+        figures[f"{method}_by_{parameter}"] = figure
     return figures
 
 
@@ -555,6 +604,8 @@ NEEDS = {
     "quality_vs_m": "generate rows at a cache budget m (e.g. python run.py -m +experiment=sweep_m)",
     "parameter_sweeps": "generate rows of one method at two or more values of a parameter other than m "
     "(python run.py -m method=adore method.R=0,4,8)",
+    "parameter_choices": "generate rows of one method at two or more values of a text parameter "
+    "(python run.py -m +experiment=ablation_controller)",
     "stream_perplexity": "stream rows with their windows.json (python run.py -m +experiment=paper_stream)",
     "throughput_vs_context": "task=throughput rows (python run.py task=throughput)",
 }
@@ -566,6 +617,7 @@ def build_figures(frame, results_dir: str | Path) -> tuple[dict[str, Any], list[
     makers = {
         "quality_vs_m": ("generate", quality_vs_m),
         "parameter_sweeps": ("generate", quality_vs_parameters),
+        "parameter_choices": ("generate", quality_by_choices),
         "stream_perplexity": ("stream", lambda f, d, m: stream_perplexity(f, d, m, results_dir)),
         "throughput_vs_context": ("throughput", throughput_vs_context),
     }
