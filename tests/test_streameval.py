@@ -132,8 +132,12 @@ def test_streameval_run_writes_accuracy_row_json_and_plot(tmp_path):
     [
         (["dataset=samsum"], "error: samsum needs the Hugging Face hub (offline here"),
         (
-            ["task=stream", "dataset=gutenberg", "method=adore"],
-            "error: ADORE's controller needs a dataset with a train split and dataset 'gutenberg' has none; set method.train_dataset=aclsum",
+            ["task=streameval", "dataset=streameval", "method=adore"],
+            "error: ADORE's controller needs a dataset with a train split and dataset 'streameval' has none; set method.train_dataset=aclsum",
+        ),
+        (
+            ["task=stream", "dataset=gutenberg", "dataset.book=comus", "method=adore"],
+            "error: dataset.book=comus is one of the works ADORE's controller trains on; stream a held-out work",
         ),
         (["task=streameval", "dataset=aclsum"], "error: dataset 'aclsum' is a 'generate' dataset; use task=generate"),
     ],

@@ -194,9 +194,13 @@ def _missing(folder: Path, policy: ADORE, dataset: str) -> ConfigError:
 def check_controller_available(context: RunContext, policy: ADORE) -> None:
     """Fail before loading the model when no controller exists and training is disabled, or when
     one would be trained on a dataset without a train split."""
-    if policy.scorer == "oracle" or context.config.get("model", {}).get("adapter"):
-        return  # with an adapter the model's name (and so the folder) is only known after loading
+    if policy.scorer == "oracle":
+        return
     dataset = training_dataset(policy, context)
+    if context.data is not None:
+        context.data.check_trainable(dataset)  # also where a controller exists: a stream's book must be held out
+    if context.config.get("model", {}).get("adapter"):
+        return  # with an adapter the model's name (and so the folder) is only known after loading
     folder = artifact_dir(policy, context.model_name, dataset)
     if (folder / "controller.pt").is_file():
         problem = controller_problem(folder)

@@ -42,6 +42,12 @@ class HarnessTrainingData:
         self.cfg = cfg
 
     def check_trainable(self, dataset: str) -> None:
+        self._check_split(dataset)
+        if dataset_spec(dataset).task == "stream" and dataset == self.cfg["dataset"]["name"]:
+            self.samples(dataset, "train", 1)  # a stream's loader refuses a book that is a training work (cheap)
+
+    @staticmethod
+    def _check_split(dataset: str) -> None:
         spec = dataset_spec(dataset)
         if spec.task not in ("generate", "stream") or "split" not in inspect.signature(spec.loader).parameters:
             raise ConfigError(
@@ -50,7 +56,7 @@ class HarnessTrainingData:
             )
 
     def samples(self, dataset: str, split: str, limit: int | None) -> list:
-        self.check_trainable(dataset)
+        self._check_split(dataset)
         options = dataset_options(self.cfg["dataset"]) if dataset == self.cfg["dataset"]["name"] else {}
         options.pop("split", None)
         options.pop("max_tokens", None)  # how much of the evaluated stream is read, not of the training works
