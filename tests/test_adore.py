@@ -207,6 +207,26 @@ def test_chunked_sequence_loss_equals_the_whole_matrix_loss():
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected, strict=True))
 
 
+def test_recall_of_a_scorer_against_a_hand_count():
+    """The training-free scorer's recall: ranking by the very attention the horizon-1 labels come
+    from finds every true token once m >= K, and m of K when m < K; a reversed ranking finds none
+    while the past is no longer than m + K."""
+    from adore.release.labels import topk_past
+    from adore.release.training import scores_recall_at_m
+
+    torch.manual_seed(0)
+    attention = torch.rand(12, 12)
+    labels = topk_past(attention, K=3)
+    assert scores_recall_at_m([attention], [labels], m=3) == (1.0, scores_recall_at_m([attention], [labels], 3)[1])
+    assert scores_recall_at_m([attention], [labels], m=2)[0] == 2 / 3
+    recall, chance = scores_recall_at_m([-attention], [labels], m=3)
+    rows = range(4, 12)  # queries with more than m past tokens
+    hand = sum(len(set((-attention[t, :t]).topk(3).indices.tolist()) & set(labels[t].nonzero().flatten().tolist()))
+               for t in rows) / (3 * len(rows))  # fmt: skip
+    assert recall == hand and recall < 1.0
+    assert chance == pytest.approx(sum(3 / t * 3 for t in rows) / (3 * len(rows)))
+
+
 def test_labels_are_the_topk_of_mean_attention_over_layers_and_heads():
     prompt = random_prompts([16], seed=2)[0]
     ours = aggregated_attention(tiny_llama(), prompt)
@@ -275,22 +295,17 @@ def test_label_horizon_is_the_union_over_the_next_queries():
 # ---- fixed bugs ------------------------------------------------------------------------------------
 
 
-def test_the_query_free_controller_decodes(tiny_model):
-    """method.controller.scorer=query_free has no per-token keys; decoding used to index ``None``."""
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"scorer": "query_free"},  # no per-token keys; decoding used to index ``None`` (a fixed bug)
+        {"cell": "lstm"},  # (h, c) stacked, sliced per row like the GRU's state
+        {"cell": "mlp"},  # an empty state
+    ],
+)
+def test_every_controller_variant_decodes_a_padded_batch_like_alone(tiny_model, settings):
     torch.manual_seed(0)
-    controller = ImportanceController(tiny_model.config.hidden_size, ControllerConfig(width=16, scorer="query_free"))
-    policy = build_policy("adore", m=10, R=3, K=4).bind(controller, tiny_model.get_input_embeddings())
-    engine = DecodingEngine(tiny_model, policy, pad_token_id=0)
-    prompts = random_prompts([7, 19], seed=3)
-    alone = [engine.generate([p], 12).tokens[0] for p in prompts]
-    assert engine.generate(prompts, 12).tokens == alone
-
-
-@pytest.mark.parametrize("cell", ["lstm", "mlp"])
-def test_every_controller_cell_decodes_a_padded_batch_like_alone(tiny_model, cell):
-    """The LSTM's (h, c) and the MLP's empty state are sliced per row like the GRU's."""
-    torch.manual_seed(0)
-    controller = ImportanceController(tiny_model.config.hidden_size, ControllerConfig(width=16, cell=cell))
+    controller = ImportanceController(tiny_model.config.hidden_size, ControllerConfig(width=16, **settings))
     policy = build_policy("adore", m=10, R=3, K=4).bind(controller, tiny_model.get_input_embeddings())
     engine = DecodingEngine(tiny_model, policy, pad_token_id=0)
     prompts = random_prompts([7, 19], seed=3)
