@@ -23,6 +23,7 @@ FIGURES = (
     f"adore_vs_R_aclsum_{MODEL}",
     f"quality_vs_m_sharegpt_{MODEL}",
     f"adore_by_scored_by_sharegpt_{MODEL}",
+    f"adore_vs_R_sharegpt_{MODEL}",
     f"stream_perplexity_gutenberg_{MODEL}",
     f"throughput_vs_context_aclsum_{MODEL}",
 )
@@ -47,8 +48,10 @@ def write_fixture(results_dir: Path) -> None:
         rows.append(generate_row("adore", m, 13.0 + m / 16, R=4))
     rows += [generate_row("adore", 64, 15.5, R=0), generate_row("full", None, 20.0)]
     rows += [generate_row("window", m, 5.0, dataset="gsm8k", accuracy=float(m) / 8) for m in (32, 64)]
-    for rouge, scorer, recall in ((14.0, "gru", 0.6), (12.0, "mlp", 0.4), (13.0, "attention", 0.7)):
-        row = generate_row("adore", 64, rouge, R=0, dataset="sharegpt", rougeL_ci=[rouge - 1, rouge + 2])
+    # the controller ablation: three scorers at R=0, and the GRU again at R=4 (not comparable: left out)
+    for rouge, scorer, recall, R in ((14.0, "gru", 0.6, 0), (12.0, "mlp", 0.4, 0), (13.0, "attention", 0.7, 0),
+                                     (30.0, "gru", 0.6, 4)):  # fmt: skip
+        row = generate_row("adore", 64, rouge, R=R, dataset="sharegpt", rougeL_ci=[rouge - 1, rouge + 2])
         row["method_params"].update(scored_by=scorer, recall_at_m=recall)
         rows.append(row)
     for method, m, ppl in (("window", 64, 60.0), ("streaming_llm", 64, 25.0)):
@@ -110,7 +113,7 @@ def test_report_writes_tables_and_figures_and_skips_a_corrupt_line(tmp_path):
     for stem in FIGURES:
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000, f"{stem}{suffix}"
-    assert (tmp_path / "table.md").read_text().count("\n") == 2 + 13  # header, rule, 13 generate rows
+    assert (tmp_path / "table.md").read_text().count("\n") == 2 + 14  # header, rule, 14 generate rows
     assert "skipped" not in result.stdout
 
     # A fresh clone has the tables but not the run folders: the streaming figure uses the tables' copy.

@@ -476,6 +476,33 @@ def quality_vs_parameters(frame, dataset: str, model: str) -> dict[str, Any]:
     return figures
 
 
+def _comparable(rows, parameter: str):
+    """The rows of ``rows`` that differ only in ``parameter`` (and the budget m), or ``None`` when the
+    choices cannot be compared. A parameter with one value per choice follows the choice (ADORE's
+    ``scorer`` beside ``scored_by``) and is ignored; one that varies within a choice (``R``) is held
+    at the value every choice that has it shares (the most frequent one); when the choices share none,
+    the comparison is confounded."""
+    params = [{k: v for k, v in method_params(r).items() if k not in _LABEL_HIDDEN and k not in ("m", parameter)}
+              for r in rows.to_dict("records")]  # fmt: skip
+    choices = list(rows[parameter])
+    keep = [True] * len(params)
+    for key in sorted({k for p in params for k in p}):
+        by_choice: dict[Any, list[str]] = {}
+        for choice, p in zip(choices, params, strict=True):
+            if key in p:
+                by_choice.setdefault(choice, []).append(json.dumps(p[key], default=str))
+        if all(len(set(values)) == 1 for values in by_choice.values()):
+            continue  # follows the choice
+        common = set.intersection(*(set(values) for values in by_choice.values()))
+        if not common:
+            return None
+        held = max(sorted(common), key=lambda v: sum(values.count(v) for values in by_choice.values()))
+        keep = [
+            k and (key not in p or json.dumps(p[key], default=str) == held) for k, p in zip(keep, params, strict=True)
+        ]
+    return rows[keep]
+
+
 def quality_by_choices(frame, dataset: str, model: str) -> dict[str, Any]:
     """For every text-valued parameter a method's rows sweep (``swept_parameters(categorical=True)``):
     bars of its quality per choice (95% intervals as error bars), a group per budget m, and a panel
@@ -489,6 +516,9 @@ def quality_by_choices(frame, dataset: str, model: str) -> dict[str, Any]:
         for key in DIAGNOSTICS:
             own[key] = [method_params(r).get(key) for r in records]
         own = own[own[parameter].notna()]
+        own = _comparable(own, parameter)
+        if own is None:
+            continue
         panels = [k for k in (*QUALITY, *DIAGNOSTICS, "decode_tok_s") if own[k].notna().any()]
         choices = sorted(set(own[parameter]), key=_natural)
         budgets = sorted(own["m"].dropna().unique()) or [None]
