@@ -117,7 +117,7 @@ SMALL_ARGS := dataset.split=val dataset.limit=8 max_new_tokens=96 batch_size=4 r
 small-budget: setup
 	$(PY) run.py -m method=full,h2o,tova method.m=32 $(SMALL_ARGS)
 	$(PY) run.py -m method=adore method.m=32 method.R=0 method.K=8,16,32 $(SMALL_ARGS)
-	$(PY) run.py method=adore method.m=32 method.R=0 method.scorer=oracle $(SMALL_ARGS)
+	$(PY) run.py method=adore method.m=32 method.R=0 method.K=32 method.scorer=oracle $(SMALL_ARGS)
 	$(PY) run.py -m method=adore method.m=32 method.K=16 method.R=4 method.n_sink=0,4 $(SMALL_ARGS)
 	$(PY) run.py task=report results_dir=$(SMALL_DIR)
 
@@ -132,6 +132,7 @@ paper-adapter: setup
 # trained on the other Gutenberg works (32 windows of 2,048 tokens), then the report.
 STREAM_DIR := results/stream-heldout
 stream-heldout: setup
-	$(PY) run.py -m +experiment=stream_heldout method=adore method.train.samples=32 method.train.eval_samples=8 results_dir=$(STREAM_DIR)
+	$(PY) run.py -m +experiment=stream_heldout method=adore method.K=32 method.train.samples=32 method.train.eval_samples=8 results_dir=$(STREAM_DIR)
+	$(PY) run.py -m +experiment=stream_heldout method=adore method.K=32 method.train.max_length=4096 method.train.samples=8 method.train.eval_samples=2 results_dir=$(STREAM_DIR)
 	$(PY) run.py -m +experiment=stream_heldout results_dir=$(STREAM_DIR)
 	$(PY) run.py task=report results_dir=$(STREAM_DIR)

@@ -207,6 +207,11 @@ def test_chunked_sequence_loss_equals_the_whole_matrix_loss():
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected, strict=True))
 
 
+def test_label_size_defaults_to_half_the_budget_up_to_32():
+    assert [build_policy("adore", m=m, R=0).K for m in (1, 2, 32, 64, 128, 192)] == [1, 1, 16, 32, 32, 32]
+    assert build_policy("adore", m=32, R=0, K=32).K == 32  # given: kept
+
+
 def test_recall_of_a_scorer_against_a_hand_count():
     """The training-free scorer's recall: ranking by the very attention the horizon-1 labels come
     from finds every true token once m >= K, and m of K when m < K; a reversed ranking finds none

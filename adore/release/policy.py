@@ -50,6 +50,7 @@ def _copy_of(key: str):
 
 
 SCORERS = ("controller", "oracle")
+DEFAULT_K = 32  # labels' size unless m // 2 is smaller
 _GROWTH = 256  # positions allocated at a time for the per-position state
 
 
@@ -67,7 +68,9 @@ class ADORE(ScoredPolicy):
     Attributes:
         m: cache budget (tokens kept after every step, in every layer).
         R: released tokens rebuilt per step (0: release only).
-        K: size of the ideal top-K set the controller was trained to find (its labels).
+        K: size of the ideal top-K set the controller was trained to find (its labels); ``None``:
+            ``min(32, m // 2)`` (at m=32, K=m left the controller nothing to rank below its labels:
+            README, "Small budgets").
         slicing: ``gather`` (indexing) or ``matmul`` (the paper's pre-built 0/1 selection matrices).
         n_sink: first tokens always kept (0: none, as in the paper).
         scorer: ``controller`` (the trained GRU), or ``oracle``: the current token's true attention,
@@ -78,7 +81,7 @@ class ADORE(ScoredPolicy):
 
     m: int = 64
     R: int = 4
-    K: int = 32
+    K: int | None = None
     slicing: str = "gather"
     n_sink: int = 0
     scorer: str = "controller"
@@ -123,6 +126,8 @@ class ADORE(ScoredPolicy):
             raise ConfigError(f"method.R must be a non-negative integer, got {self.R!r}")
         if self.R > self.m:
             raise ConfigError(f"method.R={self.R} must not exceed method.m={self.m}; lower R or raise m")
+        if self.K is None:
+            self.K = min(DEFAULT_K, max(1, self.m // 2))
         if not isinstance(self.K, int) or not 1 <= self.K <= self.m:
             raise ConfigError(f"method.K must be an integer in [1, m={self.m}], got {self.K!r}")
         if self.slicing not in SLICINGS:

@@ -1,0 +1,61 @@
+"""Trace ADORE's keep-set along a stream: every ``--every`` tokens, the perplexity of the last
+``--every`` predictions, the sink tokens still cached, the oldest cached positions and how many of the
+``m`` cached tokens are among the last ``m`` positions (the evidence behind README, "Streaming on
+held-out text").
+
+    python scripts/stream_keep_set.py --controller artifacts/adore/smollm2-135m/gutenberg/K32-<hash> \\
+        --tokens 4096 --R 0 --n-sink 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from adore import DecodingEngine, load_model
+from adore.methods import build_policy
+from adore.release.artifacts import load_controller
+from experiments.data import load_samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--controller", required=True, type=Path, help="an ADORE artifact folder (controller.pt)")
+    parser.add_argument("--model", default="models/smollm2-135m")
+    parser.add_argument("--book", default="hamlet")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--m", type=int, default=128)
+    parser.add_argument("--K", type=int, default=32)
+    parser.add_argument("--R", type=int, default=0)
+    parser.add_argument("--n-sink", type=int, default=0)
+    parser.add_argument("--every", type=int, default=512)
+    args = parser.parse_args()
+    if not (args.controller / "controller.pt").is_file():
+        parser.error(f"no controller.pt in {args.controller}; train one with `python run.py task=train method=adore`")
+    loaded = load_model(args.model)
+    (sample,) = load_samples("gutenberg", 1, book=args.book)
+    ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: args.tokens]
+    policy = build_policy("adore", m=args.m, R=args.R, K=args.K, n_sink=args.n_sink)
+    policy.bind(load_controller(args.controller), loaded.model.get_input_embeddings())
+    engine = DecodingEngine(loaded.model, policy)
+    cache = engine.new_cache()
+    tokens = torch.tensor([ids])
+    nll: list[float] = []
+    with torch.inference_mode():
+        for step in range(len(ids) - 1):
+            logits = engine.forward(cache, tokens[:, step : step + 1], torch.tensor([[step]]), logits_to_keep=1)
+            nll.append(torch.nn.functional.cross_entropy(logits[0].float(), tokens[0, step + 1 : step + 2]).item())
+            if (step + 1) % args.every == 0:
+                layer = cache.layers[0]
+                cached = sorted(layer.positions[0, 0][layer.valid[0, 0]].tolist())
+                recent = sum(p > step - args.m for p in cached)
+                print(f"token {step + 1}: perplexity of the last {args.every} {math.exp(sum(nll[-args.every:]) / args.every):.1f}; "
+                      f"first 8 positions cached {[p for p in cached if p < 8]}; oldest {cached[:6]}; "
+                      f"{recent} of {len(cached)} cached among the last {args.m} positions", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
