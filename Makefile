@@ -133,6 +133,6 @@ paper-adapter: setup
 STREAM_DIR := results/stream-heldout
 stream-heldout: setup
 	$(PY) run.py -m +experiment=stream_heldout method=adore method.K=32 method.train.samples=32 method.train.eval_samples=8 results_dir=$(STREAM_DIR)
-	$(PY) run.py -m +experiment=stream_heldout method=adore method.K=32 method.train.max_length=4096 method.train.samples=8 method.train.eval_samples=2 results_dir=$(STREAM_DIR)
+	$(PY) run.py -m +experiment=stream_heldout method=adore method.K=32 method.train.max_length=4096 method.train.samples=8 method.train.eval_samples=2 results_dir=$(STREAM_DIR)-4096
 	$(PY) run.py -m +experiment=stream_heldout results_dir=$(STREAM_DIR)
 	$(PY) run.py task=report results_dir=$(STREAM_DIR)
