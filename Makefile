@@ -94,7 +94,7 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# The paper's three ablations (~45 min here, ADORE's controllers trained once): attention sparsity
+# The paper's three ablations (~25 min here, ADORE's controllers trained once): attention sparsity
 # (topk_vs_K), KV rebuild (adore_vs_R) and the controller (adore_by_scored_by), into results/ablations;
 # and the GRU with the paper's absolute position embedding (adore_by_positions), the evidence for
 # our relative default on chats.
