@@ -40,7 +40,8 @@ LATER_CONTROLLER_DEFAULTS = {"positions": "absolute", "cell": "gru"}
 
 def training_dataset(policy: ADORE, context: RunContext) -> str:
     """The dataset the controller is trained on: ``method.train_dataset``, else the run's dataset
-    (a stream such as ``gutenberg`` has no train split; there, e.g. ``method.train_dataset=aclsum``)."""
+    (``gutenberg``'s train split is its other works; a dataset without splits, such as ``text``,
+    needs e.g. ``method.train_dataset=gutenberg``)."""
     return policy.train_dataset or context.dataset
 
 
