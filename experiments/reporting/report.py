@@ -327,7 +327,7 @@ def _variant_labels(rows, axis: tuple[str, ...]) -> dict[Any, str]:
             k for k in keys if any(len({json.dumps(p.get(k), default=str) for p in b}) > 1 for b in buckets.values())
         ]
         for index, p in zip(group.index, params, strict=True):
-            labels[index] = str(method) + "".join(f" {k}={p.get(k)}" for k in varying)
+            labels[index] = str(method) + "".join(f" {k}={p[k]}" for k in varying if p.get(k) is not None)
     return labels
 
 
