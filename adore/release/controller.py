@@ -40,6 +40,8 @@ class ControllerConfig:
     scorer: str = "query_aware"
     max_positions: int = 8192
     distance_buckets: int = 32
+    # At their behaviour before they existed, so that older checkpoints load as what they were;
+    # today's defaults come from conf/method/adore.yaml (positions: relative).
     positions: str = "absolute"
     cell: str = "gru"
 
