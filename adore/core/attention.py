@@ -77,7 +77,7 @@ def kv_policy_attention(
     # padding; the layer's mask, built from positions, replaces it (None: every key visible to a
     # single query, or plain causal order for a first multi-token feed).
     layer.check_window(module, sliding_window)
-    mask = layer.attention_mask(sliding_window)  # [B, H, q, K] per KV head, or None
+    mask = layer.attention_mask(sliding_window)  # [B, H|1, q, K] per KV head (or shared), or None
     policy = layer.policy
     plain = not policy.overrides_attention and softcap is None and s_aux is None
     if plain and query.shape[2] == 1 and query.shape[1] != key.shape[1]:
@@ -85,9 +85,11 @@ def kv_policy_attention(
         with _backends(query):
             out = _single_query_gqa(query, key, value, scaling, mask)
     else:
-        if mask is not None:
+        if mask is not None and mask.shape[1] > 1:
             mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [B, Hq, q, K]
         if policy.overrides_attention:
+            if mask is not None:
+                mask = mask.expand(-1, query.shape[1], -1, -1)  # a mask shared by every head: as views
             modifiers = _modifiers(policy, module, softcap, s_aux)
             if "layer" in inspect.signature(policy.attend).parameters:
                 modifiers["layer"] = layer  # a policy that reads the slots' positions (Quest's pages)

@@ -58,19 +58,20 @@ class AttentionView:
         for start in range(rows.start, rows.stop, self.chunk):
             sub = range(start, min(start + self.chunk, rows.stop))
             q = self.query[:, :, sub.start : sub.stop].float().reshape(B, H, self.n_rep, len(sub), D)
-            logits = torch.einsum("bhrqd,bhkd->bhrqk", q, key) * self.scaling
+            # In place where the tensor is this chunk's own (the chunk is the memory that matters).
+            logits = torch.einsum("bhrqd,bhkd->bhrqk", q, key).mul_(self.scaling)
             if self.softcap is not None:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             if self.mask is not None:
                 visible = self.mask[:, :, sub.start : sub.stop][:, :, None]
-                logits = logits.masked_fill(~visible, float("-inf"))
+                logits.masked_fill_(~visible, float("-inf"))
             if self.sinks is not None:
                 sink = self.sinks.float().view(1, H, self.n_rep, 1, 1).expand(B, H, self.n_rep, len(sub), 1)
                 probs = torch.cat([logits, sink], dim=-1).softmax(-1)[..., :-1]
             else:
                 probs = logits.softmax(-1)
             # A row that sees nothing (a pad query) would be NaN; make it all zeros instead.
-            yield sub, torch.nan_to_num(probs, nan=0.0)
+            yield sub, probs.nan_to_num_(nan=0.0)
 
     def column_sums(self) -> torch.Tensor:
         """Attention mass each key received, summed over all query rows and the ``n_rep`` heads: ``[B, H, K]``."""

@@ -61,6 +61,17 @@ class EvictionPlan:
     keep: torch.Tensor | None = None  # [B, H, S'] bool after ``index``: False marks a slot dropped (ragged heads)
 
 
+def visibility(key_positions: torch.Tensor, key_valid: torch.Tensor, query_positions: torch.Tensor,
+               window: int | None) -> torch.Tensor:  # fmt: skip
+    """``[B, H, q, K]`` bool: valid keys (``[B, H, K]``) not later than the query (``[B, q]``), and closer
+    than ``window`` when the layer slides."""
+    key_pos, query_pos = key_positions[:, :, None, :], query_positions[:, None, :, None]
+    visible = key_valid[:, :, None, :] & (key_pos <= query_pos)
+    if window is not None:
+        visible &= query_pos - key_pos < window
+    return visible
+
+
 class PolicyLayer(DynamicLayer):
     """One layer's KV store, evicting down to the policy's budget after each attention call.
 
@@ -185,7 +196,7 @@ class PolicyLayer(DynamicLayer):
             )
 
     def attention_mask(self, window: int | None) -> torch.Tensor | None:
-        """This step's visibility ``[B, H, q, S+q]`` bool, by position: valid keys not later than the query
+        """This step's visibility ``[B, H|1, q, S+q]`` bool, by position: valid keys not later than the query
         (and, for a sliding-window layer, closer than ``window``). ``None`` when plain order is right:
         a single query that sees every key, or a first feed that is causal in index order.
 
@@ -207,12 +218,15 @@ class PolicyLayer(DynamicLayer):
             if scores_need:
                 self._score_mask = visible & step.valid[:, None, :, None]
             return visible
-        key_pos, query_pos = self.positions[:, :, None, :], step.positions[:, None, :, None]
-        visible = self.valid[:, :, None, :] & (key_pos <= query_pos)
-        if window is not None:
-            visible &= query_pos - key_pos < window
+        if step.stored == 0:
+            # A first feed: in every head the keys are exactly this step's tokens, so one [B, 1, q, q]
+            # mask serves all heads, and every layer of the step with the same window (built once).
+            visible, score_mask = self.owner.first_feed_masks(window, step.positions, step.valid)
+        else:
+            visible = visibility(self.positions, self.valid, step.positions, window)
+            score_mask = visible & step.valid[:, None, :, None]
         if scores_need:
-            self._score_mask = visible & step.valid[:, None, :, None]
+            self._score_mask = score_mask
         return visible if needs else None
 
     def get_seq_length(self) -> int:
@@ -385,6 +399,7 @@ class PolicyCache(Cache):
         self.step_all_valid = True  # no padding among this step's tokens
         self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
         self._selection: torch.Tensor | None = None
+        self._first_feed: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's, by window
         self._selection_index: torch.Tensor | None = None
         # Tokens a sequence will reach (prompt + new tokens), when the engine knows it: an unbounded
         # layer then allocates its buffers once.
@@ -438,6 +453,7 @@ class PolicyCache(Cache):
         """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which
         need a position mask even for a single token."""
         self.step_all_valid = self.step_valid is None or bool(valid.all())
+        self._first_feed.clear()  # layer 0's update: a new step
         latest = positions.masked_fill(~valid, -1).amax(dim=-1)
         earliest = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).amin(dim=-1)
         if self.max_fed is None:
@@ -445,6 +461,17 @@ class PolicyCache(Cache):
         else:
             self.out_of_order = bool((earliest <= self.max_fed).any())
             self.max_fed = torch.maximum(self.max_fed, latest)
+
+    def first_feed_masks(
+        self, window: int | None, positions: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The visibility of a layer's first feed, ``[B, 1, q, q]`` bool (keys are this step's tokens
+        ``positions`` ``[B, q]``), and the same with padding queries seeing nothing (for attention
+        scores); built once per step and window, shared by the layers."""
+        if window not in self._first_feed:
+            visible = visibility(positions[:, None], valid[:, None], positions, window)
+            self._first_feed[window] = (visible, visible & valid[:, None, :, None])
+        return self._first_feed[window]
 
     def check_budget(self) -> None:
         """Raise if any layer holds more than the budget or a step's eviction never ran."""
