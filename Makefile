@@ -16,7 +16,7 @@ DEMO_ARGS := dataset.limit=8 max_new_tokens=96 method.m=128 results_dir=$(DEMO_D
 EVAL_ARGS := dataset.limit=16 max_new_tokens=96 results_dir=results/adore-eval
 BUDGETS := 32,64,128
 
-.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method speed ablations small-budget paper-adapter stream-heldout
+.PHONY: setup demo test lint format adore-eval throughput paper paper-small every-method speed speed-paper ablations small-budget paper-adapter stream-heldout
 
 # Creates the venv once, installs the exact pins (re-installs only when a requirements file
 # changes), and converts the embedded model once (verified by hash on every call, ~1 s).
@@ -61,16 +61,24 @@ throughput: setup
 speed: setup
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,h2o,{name:adore,R:0}]' 'task.context_lengths=[1024,4096]' 'task.batch_sizes=[1,8]' task.new_tokens=24 task.packing.kv_budget_mb=96 task.packing.max_batch=16 'task.packing.methods=[full,window,adore]' results_dir=$(THROUGHPUT_DIR)
 
-# Reference results in results/ (~5 h here): every method on the offline generate datasets
-# (+experiment=paper, ~45 min), on three held-out Gutenberg works past 8,192 positions
-# (+experiment=paper_stream, ~3.5 h) and the sink ablation (~30 min), then tables and figures in
-# results/tables and results/figures. Resumable: after an interruption, run it again and only the
-# missing runs start.
+# The reference results in results/reference (issue 14; resumable: after an interruption, run it
+# again and only the missing runs start): every method on ACLSum and ShareGPT (+experiment=paper) and
+# GSM8K (+experiment=paper_gsm8k), 64 test samples each, m = 32, 64, 128; three held-out Gutenberg
+# works past 8,192 positions (+experiment=paper_stream, ~3.5 h) and the sink ablation (~30 min); then
+# tables and figures in results/reference/{tables,figures}. `make paper-adapter` adds the adapted view.
+REFERENCE_DIR := results/reference
 paper: setup
-	$(PY) run.py -m +experiment=paper
-	$(PY) run.py -m +experiment=paper_stream
-	$(PY) run.py -m +experiment=sink_ablation
-	$(PY) run.py task=report
+	$(PY) run.py -m +experiment=paper results_dir=$(REFERENCE_DIR)
+	$(PY) run.py -m +experiment=paper_gsm8k results_dir=$(REFERENCE_DIR)
+	$(PY) run.py -m +experiment=paper_stream results_dir=$(REFERENCE_DIR)
+	$(PY) run.py -m +experiment=sink_ablation results_dir=$(REFERENCE_DIR)
+	$(PY) run.py task=report results_dir=$(REFERENCE_DIR)
+
+# The workload issue 16's evaluation-speed target is timed on (the reference preset before issue 14:
+# 8 samples per dataset, 7 methods, 51 runs), into a scratch folder, so every run decodes.
+speed-paper: setup
+	rm -rf /tmp/adore-speed-paper
+	bash -c 'time $(PY) run.py -m +experiment=paper_n8 results_dir=/tmp/adore-speed-paper'
 
 # The pipeline in small (~4 min, ~7 with ADORE's training): ACLSum, 4 papers, every method at m=32, 64, 128.
 # Every method on ACLSum at m = 32, 64, 128 (the recall methods at K = 32, 64, 128), then the report.
@@ -121,12 +129,13 @@ small-budget: setup
 	$(PY) run.py -m method=adore method.m=32 method.K=16 method.R=4 method.n_sink=0,4 $(SMALL_ARGS)
 	$(PY) run.py task=report results_dir=$(SMALL_DIR)
 
-# +experiment=paper again with every method on the same sparse-attention adapter (ADORE's fine-tune,
-# trained first on each dataset's train split), beside the base model's rows in results/.
+# The reference runs again with every method on the same sparse-attention adapter (ADORE's fine-tune,
+# trained first on each dataset's train split), beside the base model's rows in results/reference.
 paper-adapter: setup
 	$(PY) run.py -m task=train method=adore method.finetune=true dataset=aclsum,sharegpt,gsm8k
-	$(PY) run.py -m +experiment=paper_adapter
-	$(PY) run.py task=report
+	$(PY) run.py -m +experiment=paper_adapter results_dir=$(REFERENCE_DIR)
+	$(PY) run.py -m +experiment=paper_gsm8k model.adapter=adore:K32 results_dir=$(REFERENCE_DIR)
+	$(PY) run.py task=report results_dir=$(REFERENCE_DIR)
 
 # Issue 13's stream check (~55 min): 8,192 tokens of held-out Hamlet at m=128, ADORE's controller
 # trained on the other Gutenberg works (32 windows of 2,048 tokens), then the report.

@@ -71,6 +71,26 @@ def test_one_keep_set_for_all_layers_and_never_above_m(tiny_model):
         assert 20 + step in keep_sets[0]  # the current token always stays
 
 
+def test_recent_tokens_are_kept_and_the_controller_ranks_the_rest(tiny_model):
+    """n_recent=r: the r newest positions always stay; the other m - r are the previous keep-set's (and
+    the new token's) top scores, the rule written out here."""
+    m, r, prompt = 10, 4, 20
+    engine = DecodingEngine(tiny_model, adore(tiny_model, m=m, R=0, K=4, n_recent=r))
+    cache = engine.new_cache()
+    logits = engine.forward(cache, torch.tensor(random_prompts([prompt])), torch.arange(prompt)[None])
+    kept = cache.stored_positions(0)[0][0]
+    assert set(range(prompt - r, prompt)) <= set(kept) and len(kept) == m
+    for t in range(prompt, prompt + 15):
+        logits = engine.forward(cache, logits[:, -1].argmax(-1, keepdim=True), torch.tensor([[t]]))
+        scores = cache.state["scores"][0]
+        candidates = [*kept, t]
+        recent = [p for p in candidates if p > t - r]
+        ranked = sorted((p for p in candidates if p <= t - r), key=lambda p: -float(scores[p]))
+        expected = sorted(recent + ranked[: m - len(recent)])
+        kept = cache.stored_positions(0)[0][0]
+        assert kept == expected and all(cache.stored_positions(1)[0][h] == kept for h in range(2))
+
+
 def test_rebuilt_tokens_have_their_original_layer0_states(tiny_model):
     """A rebuilt token is re-fed at its original position: in layer 0 its K/V are exactly the originals."""
     policy = adore(tiny_model, m=8, R=4, K=4)
@@ -273,6 +293,7 @@ def test_sparse_mask_and_lora_finetune(tmp_path):
         ({"m": 0}, "method.m must be a positive integer"),
         ({"m": 8, "K": 4, "slicing": "index"}, "method.slicing must be one of gather, matmul"),
         ({"m": 8, "K": 4, "R": 2, "scorer": "oracle"}, "scorer=oracle scores only cached tokens"),
+        ({"m": 8, "K": 4, "n_sink": 2, "n_recent": 7}, r"method.n_recent must be in \[0, m - n_sink\], got 7"),
     ],
 )
 def test_bad_parameters(params, message):
@@ -404,6 +425,7 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
 
     old = {"method": "adore", "method_params": {"m": 64, "scorer": "controller", "controller": "K32-abc"}}
     assert method_params(old) == {"m": 64, "scorer": "controller", "controller_checkpoint": "K32-abc",
-                                  "labels_horizon": 1, "positions": "absolute", "scored_by": "gru"}  # fmt: skip
+                                  "labels_horizon": 1, "positions": "absolute", "scored_by": "gru",
+                                  "n_recent": 0}  # fmt: skip
     oracle = {"method": "adore", "method_params": {"m": 64, "scorer": "oracle"}}
-    assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention"}
+    assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention", "n_recent": 0}

@@ -73,6 +73,8 @@ class ADORE(ScoredPolicy):
             README, "Small budgets").
         slicing: ``gather`` (indexing) or ``matmul`` (the paper's pre-built 0/1 selection matrices).
         n_sink: first tokens always kept (0: none, as in the paper).
+        n_recent: most recent tokens always kept, the current one included (0 or 1: only the current
+            one, as in the paper); the controller ranks the rest.
         scorer: ``controller`` (the trained GRU), or ``oracle``: the current token's true attention,
             aggregated over layers and heads (an upper bound for analysis; needs ``R=0``).
         artifacts_dir, train_dataset, train_if_missing, finetune, controller, labels, train, lora:
@@ -84,6 +86,7 @@ class ADORE(ScoredPolicy):
     K: int | None = None
     slicing: str = "gather"
     n_sink: int = 0
+    n_recent: int = 0
     scorer: str = "controller"
     artifacts_dir: str = "artifacts"
     train_dataset: str | None = None
@@ -107,6 +110,7 @@ class ADORE(ScoredPolicy):
             params["labels_horizon"] = 1
         if params.get("scorer") == "controller" and params.get("positions") is None:  # before relative positions
             params["positions"] = "absolute"
+        params.setdefault("n_recent", 0)  # rows before it existed kept only the current token
         if "scored_by" not in params and params.get("scorer") in SCORERS:  # rows before the cells existed: GRU
             params["scored_by"] = "attention" if params["scorer"] == "oracle" else "gru"
         return params
@@ -134,6 +138,8 @@ class ADORE(ScoredPolicy):
             raise ConfigError(f"method.slicing must be one of {', '.join(SLICINGS)}, got {self.slicing!r}")
         if not 0 <= self.n_sink < self.m:
             raise ConfigError(f"method.n_sink must be in [0, m), got {self.n_sink}")
+        if not 0 <= self.n_recent <= self.m - self.n_sink:
+            raise ConfigError(f"method.n_recent must be in [0, m - n_sink], got {self.n_recent}")
         if self.scorer not in SCORERS:
             raise ConfigError(f"method.scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.scorer == "oracle" and self.R:
@@ -272,6 +278,9 @@ class ADORE(ScoredPolicy):
     # ---- release ------------------------------------------------------------------------------
     def protected_sinks(self) -> int:
         return self.n_sink
+
+    def protected_recent(self) -> int:
+        return max(1, self.n_recent)
 
     def score(self, layer: PolicyLayer) -> torch.Tensor:
         """The controller's (or the oracle's) score of each cached position, the same in every head."""
