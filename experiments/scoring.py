@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.metrics import ROUGE_TYPES, bertscore_per_sample, corpus_bleu, final_number, normalize_number
+from experiments.metrics import (
+    ROUGE_TYPES,
+    bertscore_per_sample,
+    bleu_statistics,
+    corpus_bleu,
+    corpus_bleu_from_statistics,
+    final_number,
+    normalize_number,
+)
 from experiments.stats import bootstrap_ci, corpus_ci
 
 #: Per-sample score keys of ``predictions.jsonl`` (``exact_match`` only where answers exist).
@@ -84,8 +92,10 @@ def score_generation(
             scores["exact_match"] = exact_match(prediction, answers[i])
         raw.append(scores)
 
-    def corpus(indices) -> float:
-        return corpus_bleu([predictions[i] for i in indices], [references[i] for i in indices])
+    statistics = bleu_statistics(predictions, references)
+
+    def corpus(indices) -> float:  # the resample's corpus BLEU, from its pairs' n-gram counts
+        return corpus_bleu_from_statistics(statistics[indices].sum(axis=0))
 
     row: dict[str, Any] = {"bleu": _rounded(corpus_bleu(predictions, references)),
                            "bleu_ci": _interval(corpus_ci(len(predictions), corpus, seed=seed))}  # fmt: skip

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments.metrics import corpus_bleu
+from experiments.metrics import bleu_statistics, corpus_bleu, corpus_bleu_from_statistics
 from experiments.stats import block_bootstrap_ci, bootstrap_ci, corpus_ci, half_width, paired_comparison
 
 
@@ -36,6 +36,18 @@ def test_corpus_bleu_is_recomputed_on_every_resample():
     point = corpus_bleu(predictions, references)
     lo, hi = corpus_ci(3, lambda idx: corpus_bleu([predictions[i] for i in idx], [references[i] for i in idx]))
     assert lo <= point <= hi and lo < hi
+
+
+def test_corpus_bleu_from_summed_pair_statistics_equals_sacrebleu_on_resamples():
+    """The bootstrap's fast path: corpus BLEU of any resample (repeats, an empty prediction, a
+    resample without any 4-gram match) from the sum of its pairs' counts, against sacrebleu itself."""
+    predictions = ["the cat sat on the mat", "", "a dog ran in a park today", "nothing like it", "it rained all day"]
+    references = ["the cat sat on the mat today", "a bird", "a dog ran in the park at noon", "it rained", "all day"]
+    statistics = bleu_statistics(predictions, references)
+    draws = np.random.default_rng(0).integers(0, 5, size=(30, 5))
+    for indices in [np.arange(5), np.array([1, 1, 3]), *draws]:
+        expected = corpus_bleu([predictions[i] for i in indices], [references[i] for i in indices])
+        assert corpus_bleu_from_statistics(statistics[indices].sum(axis=0)) == pytest.approx(expected, abs=1e-9)
 
 
 def test_block_bootstrap_of_a_stream():
