@@ -5,7 +5,7 @@ ADORE itself lives in :mod:`adore.release`; the catalog of every method (``build
 ``available_methods``) in :mod:`adore.methods`.
 """
 
-from .core.attention import attention_logits, attention_probs
+from .core.attention import attention_logits, attention_probs, grouped_logits, grouped_values
 from .core.attention_view import AttentionView
 from .core.cache import PolicyCache, PolicyLayer
 from .core.dropin import evicting
@@ -42,6 +42,8 @@ __all__ = [
     "attention_logits",
     "attention_probs",
     "evicting",
+    "grouped_logits",
+    "grouped_values",
     "kv_bytes_per_token",
     "load_model",
     "merge_adapter",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adore import ConfigError, KVPolicy, PolicyLayer, attention_logits, attention_probs, register_method
+from adore import ConfigError, KVPolicy, PolicyLayer, attention_probs, grouped_logits, grouped_values, register_method
 
 
 @register_method("quest")
@@ -60,7 +60,7 @@ class Quest(KVPolicy):
     ):
         Hq, q = query.shape[1], query.shape[2]
         n_rep = Hq // key.shape[1]
-        logits = attention_logits(query.float(), key.float(), scaling, softcap)  # [B, Hq, q, S]
+        logits = grouped_logits(query, key, scaling, softcap)  # [B, Hq, q, S]
         if mask is None:
             rows = torch.arange(q, device=query.device)[:, None] + (key.shape[2] - q)
             visible = (torch.arange(key.shape[2], device=query.device)[None, :] <= rows)[None, None]
@@ -68,9 +68,7 @@ class Quest(KVPolicy):
             visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min
         if q == 1 and layer.layer_idx >= self.skip_layers:
             visible = visible & self.page_mask(query, key, layer, n_rep)
-        probs = attention_probs(logits, visible, sinks).to(value.dtype)
-        out = probs @ value.repeat_interleave(n_rep, dim=1)
-        return out.transpose(1, 2).contiguous()
+        return grouped_values(attention_probs(logits, visible, sinks), value)
 
     def page_mask(self, query: torch.Tensor, key: torch.Tensor, layer: PolicyLayer, n_rep: int) -> torch.Tensor:
         """``[B, Hq, 1, S]`` bool: the slots in the pages each query head reads."""

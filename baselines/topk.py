@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adore import ConfigError, KVPolicy, attention_logits, attention_probs, register_method
+from adore import ConfigError, KVPolicy, attention_probs, grouped_logits, grouped_values, register_method
 
 
 @register_method("topk")
@@ -44,19 +44,17 @@ class TopKAttention(KVPolicy):
         """Sparse attention; ``softcap`` and ``sinks`` (``[Hq]``) are applied as the model's own attention
         does (the top-K keys are chosen on the softcapped logits; the sinks stay in the softmax)."""
         q = query.shape[2]
-        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
         sparse = q == 1 or self.sparse_prefill
         out = []
         for start in range(0, q, self.chunk):
             stop = min(start + self.chunk, q)
-            logits = attention_logits(query[:, :, start:stop].float(), key.float(), scaling, softcap)
+            logits = grouped_logits(query[:, :, start:stop], key, scaling, softcap)
             visible = self._visible(mask, start, stop, q, key.shape[2], query.device)
             if sparse and logits.shape[-1] > self.K:
                 kth = logits.masked_fill(~visible, float("-inf")).topk(self.K, dim=-1).values[..., -1:]
                 visible = visible & (logits >= kth)
-            probs = attention_probs(logits, visible, sinks).to(value.dtype)
-            out.append(probs @ value)
-        return torch.cat(out, dim=2).transpose(1, 2).contiguous()
+            out.append(grouped_values(attention_probs(logits, visible, sinks), value))
+        return torch.cat(out, dim=1)
 
     @staticmethod
     def _visible(mask, start: int, stop: int, q: int, k: int, device) -> torch.Tensor:

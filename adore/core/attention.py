@@ -140,6 +140,33 @@ def attention_logits(
     return logits
 
 
+def grouped_logits(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, softcap: float | None = None
+) -> torch.Tensor:
+    """:func:`attention_logits` in float32 without a copy of the keys per query head: ``[B, Hq, q, K]``.
+
+    The ``n_rep`` query heads of a KV head are read as extra query rows of that head (query head
+    ``h`` reads KV head ``h // n_rep``, as ``repeat_kv`` orders them), one batched matmul per KV head.
+    """
+    B, Hq, q, D = query.shape
+    H = key.shape[1]
+    grouped = query.float().reshape(B, H, Hq // H, q, D)
+    logits = torch.einsum("bhrqd,bhkd->bhrqk", grouped, key.float()).mul_(scaling).reshape(B, Hq, q, -1)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def grouped_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``probs`` ``[B, Hq, q, K]`` applied to ``value`` ``[B, H, K, D]`` shared by ``Hq // H`` query heads,
+    without repeating the values: ``[B, q, Hq, D]``, the layout attention functions return."""
+    B, Hq, q, K = probs.shape
+    H = value.shape[1]
+    grouped = probs.to(value.dtype).reshape(B, H, Hq // H, q, K)
+    out = torch.einsum("bhrqk,bhkd->bhrqd", grouped, value).reshape(B, Hq, q, -1)
+    return out.transpose(1, 2).contiguous()
+
+
 def attention_probs(logits: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of ``logits`` ``[B, Hq, q, K]`` over visible keys (bool, broadcastable), in ``logits.dtype``.
 
