@@ -429,3 +429,21 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
                                   "n_recent": 0}  # fmt: skip
     oracle = {"method": "adore", "method_params": {"m": 64, "scorer": "oracle"}}
     assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention", "n_recent": 0}
+
+
+def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set():
+    """scripts/recall_by_position.py's bucket recall against a hand count on a 5-token sequence."""
+    import runpy
+
+    from tests.conftest import ROOT
+
+    bucket_recall = runpy.run_path(str(ROOT / "scripts" / "recall_by_position.py"))["bucket_recall"]
+    scores = torch.tensor([[0, 0, 0, 0, 0], [5, 0, 0, 0, 0], [1, 3, 0, 0, 0], [4, 1, 2, 0, 0], [0, 9, 8, 7, 0]])
+    truth = torch.zeros(5, 5, dtype=torch.bool)
+    truth[3, [0, 1]] = True  # query 3's top-2 by score is {0, 2}: one hit of two
+    truth[4, [1, 3]] = True  # query 4's top-2 is {1, 2}: one hit of two
+    assert bucket_recall(scores.float(), truth, 2, range(3, 5)) == pytest.approx(2 / 4)
+    assert bucket_recall(scores.float(), truth, 2, range(4, 5)) == pytest.approx(1 / 2)
+    # Future keys never count, however high they score.
+    future = torch.ones(5, 5).triu(0) * 100  # the query itself and later tokens
+    assert bucket_recall(scores.float() + future, truth, 2, range(3, 4)) == pytest.approx(1 / 2)
