@@ -91,6 +91,40 @@ def test_recent_tokens_are_kept_and_the_controller_ranks_the_rest(tiny_model):
         assert kept == expected and all(cache.stored_positions(1)[0][h] == kept for h in range(2))
 
 
+def test_reencode_restarts_the_recurrence_over_the_last_n_tokens_every_n_tokens(tiny_model):
+    """reencode=N: the rule written out here. The state continues the recurrence token by token, and
+    once N tokens have arrived since the last restart it is the recurrence of the last N tokens alone."""
+    N, prompt = 8, 20
+    policy = adore(tiny_model, m=10, R=2, K=4, reencode=N)
+    engine, embed = DecodingEngine(tiny_model, policy), tiny_model.get_input_embeddings()
+    encode = policy.network.encode
+    ids = random_prompts([prompt])[0]
+    cache = engine.new_cache()
+    logits = engine.forward(cache, torch.tensor([ids]), torch.arange(prompt)[None])
+    _, expected = encode(embed(torch.tensor([ids[-N:]])), torch.arange(prompt - N, prompt)[None], None)
+    torch.testing.assert_close(cache.state["recurrent"], expected)  # the prompt's 20 tokens: a restart
+    since, restarts = 0, 0
+    for t in range(prompt, prompt + 20):
+        previous = cache.state["recurrent"].clone()
+        ids.append(int(logits[0, -1].argmax()))
+        logits = engine.forward(cache, torch.tensor([ids[-1:]]), torch.tensor([[t]]))
+        since += 1
+        if since >= N:
+            since, restarts = 0, restarts + 1
+            _, expected = encode(embed(torch.tensor([ids[-N:]])), torch.arange(t + 1 - N, t + 1)[None], None)
+        else:
+            _, expected = encode(embed(torch.tensor([ids[-1:]])), torch.tensor([[t]]), previous)
+        torch.testing.assert_close(cache.state["recurrent"], expected)
+    assert restarts == 2
+
+
+def test_reencode_keeps_a_padded_batch_equal_to_each_prompt_alone(tiny_model):
+    engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=3, K=4, reencode=6), pad_token_id=0)
+    prompts = random_prompts([7, 19, 12], seed=3)
+    alone = [engine.generate([p], 25).tokens[0] for p in prompts]
+    assert engine.generate(prompts, 25).tokens == alone
+
+
 def test_rebuilt_tokens_have_their_original_layer0_states(tiny_model):
     """A rebuilt token is re-fed at its original position: in layer 0 its K/V are exactly the originals."""
     policy = adore(tiny_model, m=8, R=4, K=4)
@@ -294,6 +328,7 @@ def test_sparse_mask_and_lora_finetune(tmp_path):
         ({"m": 8, "K": 4, "slicing": "index"}, "method.slicing must be one of gather, matmul"),
         ({"m": 8, "K": 4, "R": 2, "scorer": "oracle"}, "scorer=oracle scores only cached tokens"),
         ({"m": 8, "K": 4, "n_sink": 2, "n_recent": 7}, r"method.n_recent must be in \[0, m - n_sink\], got 7"),
+        ({"m": 8, "K": 4, "reencode": -1}, "method.reencode must be 0 .off. or a positive number of tokens"),
     ],
 )
 def test_bad_parameters(params, message):
@@ -426,9 +461,10 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
     old = {"method": "adore", "method_params": {"m": 64, "scorer": "controller", "controller": "K32-abc"}}
     assert method_params(old) == {"m": 64, "scorer": "controller", "controller_checkpoint": "K32-abc",
                                   "labels_horizon": 1, "positions": "absolute", "scored_by": "gru",
-                                  "n_recent": 0}  # fmt: skip
+                                  "n_recent": 0, "reencode": 0}  # fmt: skip
     oracle = {"method": "adore", "method_params": {"m": 64, "scorer": "oracle"}}
-    assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention", "n_recent": 0}
+    assert method_params(oracle) == {"m": 64, "scorer": "oracle", "scored_by": "attention", "n_recent": 0,
+                                     "reencode": 0}  # fmt: skip
 
 
 def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set():

@@ -75,6 +75,10 @@ class ADORE(ScoredPolicy):
         n_sink: first tokens always kept (0: none, as in the paper).
         n_recent: most recent tokens always kept, the current one included (0 or 1: only the current
             one, as in the paper); the controller ranks the rest.
+        reencode: 0 (the paper: one recurrence over the whole sequence), or ``N``: every ``N`` tokens
+            the controller's recurrent state is rebuilt from scratch over the last ``N`` tokens, so it
+            never summarises more than ``2N`` tokens. A controller trained on ``2N``-token sequences
+            then never runs past its training length, however long the stream (README, streams).
         scorer: ``controller`` (the trained GRU), or ``oracle``: the current token's true attention,
             aggregated over layers and heads (an upper bound for analysis; needs ``R=0``).
         artifacts_dir, train_dataset, train_if_missing, finetune, controller, labels, train, lora:
@@ -87,6 +91,7 @@ class ADORE(ScoredPolicy):
     slicing: str = "gather"
     n_sink: int = 0
     n_recent: int = 0
+    reencode: int = 0
     scorer: str = "controller"
     artifacts_dir: str = "artifacts"
     train_dataset: str | None = None
@@ -111,6 +116,7 @@ class ADORE(ScoredPolicy):
         if params.get("scorer") == "controller" and params.get("positions") is None:  # before relative positions
             params["positions"] = "absolute"
         params.setdefault("n_recent", 0)  # rows before it existed kept only the current token
+        params.setdefault("reencode", 0)  # and ran one recurrence over the whole sequence
         if "scored_by" not in params and params.get("scorer") in SCORERS:  # rows before the cells existed: GRU
             params["scored_by"] = "attention" if params["scorer"] == "oracle" else "gru"
         return params
@@ -140,6 +146,8 @@ class ADORE(ScoredPolicy):
             raise ConfigError(f"method.n_sink must be in [0, m), got {self.n_sink}")
         if not 0 <= self.n_recent <= self.m - self.n_sink:
             raise ConfigError(f"method.n_recent must be in [0, m - n_sink], got {self.n_recent}")
+        if not isinstance(self.reencode, int) or self.reencode < 0:
+            raise ConfigError(f"method.reencode must be 0 (off) or a positive number of tokens, got {self.reencode!r}")
         if self.scorer not in SCORERS:
             raise ConfigError(f"method.scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.scorer == "oracle" and self.R:
@@ -239,6 +247,8 @@ class ADORE(ScoredPolicy):
                 u[row, keep] = u_row[0]
                 states.append(h_row)
             state["recurrent"] = torch.cat(states, dim=1)
+        if self.reencode:
+            self._maybe_reencode(state, positions, valid)
         static, keys = controller.token_terms(u)
         rows, cols = _valid_coordinates(positions, valid)
         state["static"][rows, cols] = static[valid]
@@ -248,6 +258,24 @@ class ADORE(ScoredPolicy):
         logits = controller.logits(u[:, -1:], current[:, None], state["static"], state["keys"], all_positions)[:, 0]
         past = state["known"] & (all_positions < current[:, None])
         return logits.to(torch.float64).masked_fill(~past, float("-inf"))
+
+    def _maybe_reencode(self, state: dict, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Every ``reencode`` tokens, rebuild the recurrent state from scratch over each sequence's last
+        ``reencode`` tokens (from their ids, ``[B, P]``), so it never summarises more than twice that."""
+        state["since_reencode"] = state.get("since_reencode", 0) + positions.shape[1]
+        if state["since_reencode"] < self.reencode:
+            return
+        state["since_reencode"] = 0
+        current = positions.masked_fill(~valid, -1).amax(dim=-1)  # [B] each sequence's newest position
+        states = []
+        for row in range(positions.shape[0]):
+            start = max(0, int(current[row]) + 1 - self.reencode)
+            span = torch.arange(start, int(current[row]) + 1, device=positions.device)
+            span = span[state["known"][row, span]]
+            ids = state["tokens"][row, span][None]
+            _, h_row = self.network.encode(self.embedding(ids), span[None], None)
+            states.append(h_row)
+        state["recurrent"] = torch.cat(states, dim=1)
 
     def _pick_rebuild(self, cache: PolicyCache, current: torch.Tensor):
         """The ``R`` released tokens of highest score, in position order: ids, positions, validity ``[B, R]``."""
