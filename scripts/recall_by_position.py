@@ -10,15 +10,10 @@ scorer's signal) is scored in the same position buckets, over all past tokens of
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from controller_study import load_study, study_arguments  # scripts/, beside this file
 
-from adore import load_model
 from adore.labels import aggregated_attention, topk_past
-from adore.release.artifacts import load_controller
-from experiments.data import load_samples
 
 
 def bucket_recall(scores: torch.Tensor, truth: torch.Tensor, m: int, rows: range) -> float:
@@ -32,24 +27,13 @@ def bucket_recall(scores: torch.Tensor, truth: torch.Tensor, m: int, rows: range
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--controller", required=True, type=Path, help="an ADORE artifact folder (controller.pt)")
-    parser.add_argument("--model", default="models/smollm2-135m")
-    parser.add_argument("--book", default="othello", help="a Gutenberg work the controller did not train on")
-    parser.add_argument("--tokens", type=int, default=6144)
-    parser.add_argument("--m", type=int, default=128)
-    parser.add_argument("--K", type=int, default=32)
+    parser = study_arguments(__doc__.splitlines()[0], book="othello", tokens=6144)
     parser.add_argument("--horizon", type=int, default=8)
     parser.add_argument("--bucket", type=int, default=1024)
     args = parser.parse_args()
-    if not (args.controller / "controller.pt").is_file():
-        parser.error(f"no controller.pt in {args.controller}; train one with `python run.py task=train method=adore`")
-    loaded = load_model(args.model)
-    (sample,) = load_samples("gutenberg", 1, book=args.book)
-    ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: args.tokens]
+    loaded, controller, ids = load_study(parser, args)
     attention = aggregated_attention(loaded.model, ids)  # [T, T], the labels' source
     truth = topk_past(attention, args.K, args.horizon)
-    controller = load_controller(args.controller)
     with torch.no_grad():
         embeddings = loaded.model.get_input_embeddings()(torch.tensor([ids]))
         logits = controller.pair_logits(embeddings, torch.arange(len(ids))[None])[0]

@@ -9,37 +9,24 @@ held-out text").
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import torch
+from controller_study import load_study, study_arguments  # scripts/, beside this file
 
-from adore import DecodingEngine, load_model
+from adore import DecodingEngine
 from adore.methods import build_policy
-from adore.release.artifacts import load_controller
-from experiments.data import load_samples
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--controller", required=True, type=Path, help="an ADORE artifact folder (controller.pt)")
-    parser.add_argument("--model", default="models/smollm2-135m")
-    parser.add_argument("--book", default="hamlet")
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--m", type=int, default=128)
-    parser.add_argument("--K", type=int, default=32)
+    parser = study_arguments(__doc__.splitlines()[0], book="hamlet", tokens=4096)
     parser.add_argument("--R", type=int, default=0)
     parser.add_argument("--n-sink", type=int, default=0)
     parser.add_argument("--every", type=int, default=512)
     args = parser.parse_args()
-    if not (args.controller / "controller.pt").is_file():
-        parser.error(f"no controller.pt in {args.controller}; train one with `python run.py task=train method=adore`")
-    loaded = load_model(args.model)
-    (sample,) = load_samples("gutenberg", 1, book=args.book)
-    ids = loaded.tokenizer(sample.fields["text"])["input_ids"][: args.tokens]
+    loaded, controller, ids = load_study(parser, args)
     policy = build_policy("adore", m=args.m, R=args.R, K=args.K, n_sink=args.n_sink)
-    policy.bind(load_controller(args.controller), loaded.model.get_input_embeddings())
+    policy.bind(controller, loaded.model.get_input_embeddings())
     engine = DecodingEngine(loaded.model, policy)
     cache = engine.new_cache()
     tokens = torch.tensor([ids])

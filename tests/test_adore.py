@@ -467,12 +467,13 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
                                      "reencode": 0}  # fmt: skip
 
 
-def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set():
+def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set(monkeypatch):
     """scripts/recall_by_position.py's bucket recall against a hand count on a 5-token sequence."""
     import runpy
 
     from tests.conftest import ROOT
 
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as `python scripts/...` puts it on the path
     bucket_recall = runpy.run_path(str(ROOT / "scripts" / "recall_by_position.py"))["bucket_recall"]
     scores = torch.tensor([[0, 0, 0, 0, 0], [5, 0, 0, 0, 0], [1, 3, 0, 0, 0], [4, 1, 2, 0, 0], [0, 9, 8, 7, 0]])
     truth = torch.zeros(5, 5, dtype=torch.bool)
