@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import grouped_logits
+
 
 @dataclass
 class AttentionView:
@@ -52,16 +54,11 @@ class AttentionView:
     def row_chunks(self, rows: range | None = None) -> Iterator[tuple[range, torch.Tensor]]:
         """Yield ``(rows, probs)`` with probs ``[B, H, n_rep, r, K]`` float32, ``r`` rows at a time."""
         rows = rows if rows is not None else range(self.q_len)
-        B, _, _, D = self.query.shape
-        H = self.key.shape[1]
-        key = self.key.float()
+        B, H = self.query.shape[0], self.key.shape[1]
         for start in range(rows.start, rows.stop, self.chunk):
             sub = range(start, min(start + self.chunk, rows.stop))
-            q = self.query[:, :, sub.start : sub.stop].float().reshape(B, H, self.n_rep, len(sub), D)
-            # In place where the tensor is this chunk's own (the chunk is the memory that matters).
-            logits = torch.einsum("bhrqd,bhkd->bhrqk", q, key).mul_(self.scaling)
-            if self.softcap is not None:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits = grouped_logits(self.query[:, :, sub.start : sub.stop], self.key, self.scaling, self.softcap)
+            logits = logits.view(B, H, self.n_rep, len(sub), -1)  # the query heads of a KV head together
             if self.mask is not None:
                 visible = self.mask[:, :, sub.start : sub.stop][:, :, None]
                 logits.masked_fill_(~visible, float("-inf"))
