@@ -79,3 +79,43 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
         time.sleep(0.05)
         del block
     assert inside.mb > outside.mb + 48
+
+
+def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
+    """scripts/backfill_stream_text.py: a stream row gets its run config's book; a row whose folder is
+    gone, a non-test split, a generate row and a damaged line stay byte for byte."""
+    import runpy
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def stream_row(run_id: str, book: str | None, split: str = "test") -> dict:
+        if book is not None:
+            folder = tmp_path / "runs" / run_id
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(
+                json.dumps({"dataset": {"name": "gutenberg", "book": book, "split": split}})
+            )
+        return make_row(run_id=run_id, task="stream", method="h2o", dataset="gutenberg", perplexity=40.0)
+
+    rows = [stream_row("a", "hamlet"), stream_row("gone", None), stream_row("v", "othello", split="val"),
+            make_row(run_id="g", task="generate", method="full", dataset="aclsum"), stream_row("b", "lear")]  # fmt: skip
+    for row in rows:
+        append_row(tmp_path, row)
+    path = tmp_path / "runs.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"run_id": "torn", \n')
+    before = path.read_text().splitlines()
+
+    backfill = runpy.run_path(str(ROOT / "scripts" / "backfill_stream_text.py"))["backfill"]
+    assert backfill(tmp_path) == (2, ["gone", "v"])
+    after = path.read_text().splitlines()
+    assert [json.loads(line).get("text") for line in after[:5]] == ["hamlet", None, None, None, "lear"]
+    assert [after[i] for i in (1, 2, 3, 5)] == [before[i] for i in (1, 2, 3, 5)]
+    assert (tmp_path / "runs.jsonl.bak").read_text().splitlines() == before
+    assert backfill(tmp_path) == (0, ["gone", "v"])  # idempotent
+
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "backfill_stream_text.py"), str(tmp_path / "no")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode != 0 and "pass a results folder" in missing.stderr and "Traceback" not in missing.stderr

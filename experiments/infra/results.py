@@ -33,6 +33,9 @@ ROW_KEYS = (
 )  # fmt: skip
 THROUGHPUT_KEYS = ("context_length", "batch_size")
 ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math datasets, StreamEval)
+# Optional: which text of the dataset a stream row streamed (the sample's id, e.g. "hamlet"). One
+# dataset holds many texts, and rows of different texts must never share a table line or a curve.
+STREAMED_TEXT_KEY = "text"
 # Optional, present (true) only on rows whose prompts or stream went past the model's
 # max_position_embeddings: a legitimate experiment, but its numbers are not the trained model's.
 BEYOND_POSITIONS_KEY = "beyond_trained_positions"
@@ -50,7 +53,7 @@ NUMBER_KEYS = (
     "decode_tok_s", "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s",
     *THROUGHPUT_KEYS, ACCURACY_KEY, *COST_KEYS,
 )  # fmt: skip
-TEXT_KEYS = ("task", "method", "dataset", "model")
+TEXT_KEYS = ("task", "method", "dataset", "model", STREAMED_TEXT_KEY)
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
 # of the hash at that default, so earlier rows keep their hash.
 # Settings added after rows were written: at these defaults (by key path) they leave a row's hash as
@@ -124,9 +127,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 def make_row(**values: Any) -> dict[str, Any]:
     """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
-    :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`, :data:`CI_KEYS`,
-    :data:`SPREAD_KEYS` and :data:`COST_KEYS` that are given, in that order; unknown keys are an error."""
-    optional = (*THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS, *COST_KEYS)
+    :data:`STREAMED_TEXT_KEY`, :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`,
+    :data:`CI_KEYS`, :data:`SPREAD_KEYS` and :data:`COST_KEYS` that are given, in that order; unknown keys
+    are an error."""
+    optional = (STREAMED_TEXT_KEY, *THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS,
+                *COST_KEYS)  # fmt: skip
     unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
     if unknown:
         raise KeyError(f"not result-row keys: {unknown}")

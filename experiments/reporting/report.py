@@ -7,6 +7,7 @@ then writes::
 
     <results_dir>/table.md                                  every generate row in one table (also printed)
     <results_dir>/tables/<task>_<dataset>.md | .tex | .csv  method by metric at each m, per task and dataset
+                                                           (stream tables: a line per text and method)
     <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
                                                            streaming figure's data, kept with the tables)
     <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
@@ -15,7 +16,8 @@ then writes::
                                (e.g. adore_vs_R), a line per m
         <method>_by_<param>    bars of a method's quality (and recall@m) per choice of a text
                                parameter (e.g. adore_by_scored_by), a group per m
-        stream_perplexity      perplexity per window against position (each stream run's windows.json)
+        stream_perplexity      perplexity per window against position (each stream run's windows.json),
+                               a panel per streamed text
         throughput_vs_context  decode tok/s against context length, a line per method, a panel per batch size
 
 The Markdown and LaTeX tables show two decimals and the CSV keeps full precision, with row keys as
@@ -34,7 +36,7 @@ from typing import Any
 from adore import ConfigError
 from adore.core.plotting import new_figure
 from adore.methods import available_methods, method_class
-from experiments.infra.results import CI_KEYS, RUNS_FILE, read_rows
+from experiments.infra.results import CI_KEYS, RUNS_FILE, STREAMED_TEXT_KEY, read_rows
 from experiments.infra.tasks import all_tasks, register_task
 from experiments.reporting.paired import paired_frame, sample_scores, write_paired_tables, write_sample_tables
 from experiments.stats import half_width
@@ -51,7 +53,7 @@ DIAGNOSTICS = {"recall_at_m": "recall@m of the true top-K (held out)"}
 
 # Column titles (tables) and axis labels with units (figures).
 TITLES = {
-    "method": "method", "model": "model", "m": "m", "R": "R", "params": "other parameters", "n_samples": "n",
+    STREAMED_TEXT_KEY: "text", "method": "method", "model": "model", "m": "m", "R": "R", "params": "other parameters", "n_samples": "n",
     "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore-F1", "bleu": "BLEU", "accuracy": "accuracy",
     "perplexity": "perplexity", "context_length": "context", "batch_size": "batch",
     "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ms_per_token_p50": "ms/token p50",
@@ -63,7 +65,7 @@ AXIS_LABELS = {
     "peak_mem_mb": "peak memory (MB; RSS on CPU, allocated on CUDA)", "kv_cache_mb": "KV cache (MB)",
     "kv_decode_mb": "KV cache while decoding (MB)",
 }  # fmt: skip
-IDENTITY = ("method", "model", "m", "R", "params", "n_samples")
+IDENTITY = (STREAMED_TEXT_KEY, "method", "model", "m", "R", "params", "n_samples")
 QUALITY = ("rougeL", "bertscore_f1", "accuracy")
 # Metric columns of a task that declares none (its TaskSpec.metrics); columns without a value are left out.
 OTHER_METRICS = ("accuracy", "rougeL", "bertscore_f1", "bleu", "perplexity", "prefill_tok_s", "decode_tok_s",
@@ -85,14 +87,14 @@ _REFERENCE_STYLES = {"-": "--", "--": ":", "-.": "-.", ":": (0, (1, 4))}  # hori
 
 
 def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> list[dict[str, Any]]:
-    """Keep the newest row of each (task, method, params, dataset, model, n_samples, context, batch),
-    in first-seen order; ``task=None`` keeps every task."""
+    """Keep the newest row of each (task, method, params, dataset, streamed text, model, n_samples,
+    context, batch), in first-seen order; ``task=None`` keeps every task."""
     latest: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         if task and row.get("task") != task:
             continue
         key = (row.get("task"), row.get("method"), str(method_params(row)), row.get("dataset"),
-               row.get("model"), row.get("n_samples"), row.get("context_length"), row.get("batch_size"))  # fmt: skip
+               row.get(STREAMED_TEXT_KEY), row.get("model"), row.get("n_samples"), row.get("context_length"), row.get("batch_size"))  # fmt: skip
         latest.pop(key, None)
         latest[key] = row
     return list(latest.values())
@@ -131,9 +133,9 @@ def extra_params(row: dict[str, Any]) -> str:
 
 
 def sort_key(row: dict[str, Any]) -> tuple:
-    """Model, then budget (full-cache methods last), then method, then R."""
+    """Dataset, streamed text, model, then budget (full-cache methods last), then method, then R."""
     m = row.get("m")
-    return (row.get("dataset") or "", row.get("model") or "", m is None, m or 0, row.get("method") or "",
+    return (row.get("dataset") or "", row.get(STREAMED_TEXT_KEY) or "", row.get("model") or "", m is None, m or 0, row.get("method") or "",
             row.get("R") or 0, extra_params(row), row.get("batch_size") or 0, row.get("context_length") or 0)  # fmt: skip
 
 
@@ -148,7 +150,7 @@ def load_frame(results_dir: str | Path, rows: list[dict[str, Any]] | None = None
 
     rows = report_rows(results_dir) if rows is None else rows
     frame = pd.DataFrame(rows)
-    for key in ("task", "dataset", "model", "method", "method_params", "m", "R", "n_samples", "run_id", "run_dir",
+    for key in ("task", "dataset", STREAMED_TEXT_KEY, "model", "method", "method_params", "m", "R", "n_samples", "run_id", "run_dir",
                 *OTHER_METRICS, *CI_KEYS, "context_length", "batch_size"):  # fmt: skip
         if key not in frame:
             frame[key] = None
@@ -197,7 +199,8 @@ def table_frame(frame, task: str, dataset: str):
     as column names, full precision)."""
     rows = frame[(frame["task"] == task) & (frame["dataset"] == dataset)]
     metrics = [k for k in task_metrics(task) if k in rows and rows[k].notna().any()]
-    table = rows[[*IDENTITY, *metrics]].reset_index(drop=True).copy()
+    identity = [k for k in IDENTITY if k != STREAMED_TEXT_KEY or rows[k].notna().any()]
+    table = rows[[*identity, *metrics]].reset_index(drop=True).copy()
     for metric in metrics:  # the 95% interval beside its metric, as two numeric columns
         intervals = rows.get(f"{metric}_ci")
         if intervals is not None and intervals.notna().any():
@@ -294,7 +297,7 @@ def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = No
         written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
     for dataset, rows in frame[frame["task"] == "stream"].groupby("dataset", sort=True):
         curves = [(row, _windows(row, results_dir)) for _, row in rows.iterrows()]
-        records = [{**{k: row[k] for k in ("run_id", "method", "model", "m", "params")}, **window}
+        records = [{**{k: row[k] for k in ("run_id", STREAMED_TEXT_KEY, "method", "model", "m", "params")}, **window}
                    for row, windows in curves for window in windows or []]  # fmt: skip
         if records:
             path = _windows_table(results_dir, dataset)
@@ -576,26 +579,37 @@ def _windows(row, results_dir: Path) -> list[dict[str, float]] | None:
 
 
 def stream_perplexity(frame, dataset: str, model: str, results_dir: str | Path):
-    """Perplexity per window against position in the stream, a line per method (``windows.json``).
-    ``None`` when no stream run of this dataset has its windows file."""
+    """Perplexity per window against position in the stream, a line per method and a panel per
+    streamed text (``windows.json``). ``None`` when no stream run of this dataset has its windows file."""
     rows = frame[(frame["task"] == "stream") & (frame["dataset"] == dataset) & (frame["model"] == model)]
     curves = [(index, _windows(row, Path(results_dir))) for index, row in rows.iterrows()]
     curves = [(index, windows) for index, windows in curves if windows]
     if not curves:
         return None
-    labels = _variant_labels(rows, axis=())
+    texts = sorted({_streamed_text(rows.at[index, STREAMED_TEXT_KEY]) for index, _ in curves})
+    labels = _variant_labels(rows, axis=(STREAMED_TEXT_KEY,))
     styles = _styles(labels, rows)
-    figure, (axis,) = _new_figure(1, len(curves), width=6.4, height=3.8)
-    for index, windows in sorted(curves, key=lambda curve: _series(labels, rows).index(labels[curve[0]])):
-        label = labels[index]
-        axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows],
-                  label=label, **styles[label])  # fmt: skip
-    size = int(curves[0][1][0]["tokens"])
-    axis.set(xlabel="position in the stream (tokens)", ylabel=f"perplexity per {size}-token window", yscale="log")
-    axis.grid(alpha=0.3, which="both")
-    figure.suptitle(f"Streaming perplexity: {model} on {dataset}")
-    _legend(figure, [axis])
+    figure, axes = _new_figure(len(texts), len(set(labels.values())), width=6.4, height=3.8)
+    order = _series(labels, rows)
+    for axis, text in zip(axes, texts, strict=True):
+        mine = [curve for curve in curves if _streamed_text(rows.at[curve[0], STREAMED_TEXT_KEY]) == text]
+        for index, windows in sorted(mine, key=lambda curve: order.index(labels[curve[0]])):
+            label = labels[index]
+            axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows],
+                      label=label, **styles[label])  # fmt: skip
+        size = int(mine[0][1][0]["tokens"])
+        axis.set(xlabel="position in the stream (tokens)", ylabel=f"perplexity per {size}-token window",
+                 yscale="log", title=None if len(texts) == 1 else text)  # fmt: skip
+        axis.grid(alpha=0.3, which="both")
+    one_named_text = len(texts) == 1 and texts[0] != "-"
+    figure.suptitle(f"Streaming perplexity: {model} on {dataset}" + (f" ({texts[0]})" if one_named_text else ""))
+    _legend(figure, axes)
     return figure
+
+
+def _streamed_text(value: Any) -> str:
+    """The row's streamed text; ``-`` for rows written before rows named it."""
+    return value if isinstance(value, str) else "-"
 
 
 def against_context(frame, dataset: str, model: str, value: str = "decode_tok_s", methods: set[str] | None = None,

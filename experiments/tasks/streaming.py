@@ -116,6 +116,7 @@ def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
         policy,
         loaded,
         n_samples=1,
+        text=sample.id,
         perplexity=clean_number(math.exp(sum(nll) / len(nll))),
         perplexity_ci=_interval(block_bootstrap_ci(nll, CI_BLOCK_TOKENS, seed=cfg["seed"])),
         decode_tok_s=clean_number(len(nll) / sum(times), 2),
