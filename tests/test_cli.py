@@ -113,7 +113,7 @@ def test_stream_task_writes_nll_windows_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert row["task"] == "stream" and row["perplexity"] > 1 and row["rougeL"] is None
-    assert row["text"] == "book"  # which text of the dataset was streamed: the file's stem
+    assert row["text"] == "book" and row["context_length"] == 40  # what was streamed: the file, 40 tokens
     assert row["perplexity_ci"] is None  # 39 tokens are fewer than two 64-token blocks: no interval
     run_dir = Path(row["run_dir"])
     assert len((run_dir / "nll.txt").read_text().split()) == 39

@@ -231,38 +231,41 @@ def _results(folder: Path, rows: list[dict]) -> Path:
     return folder
 
 
-def test_stream_rows_of_different_texts_never_share_a_line_or_a_curve(tmp_path):
-    """One dataset, two streamed texts and a row written before rows named their text: each
-    (text, method) keeps its own table line and its own curve, in a panel per text."""
-    specs = (("hamlet", "h2o", 40.0), ("hamlet", "full", 30.0), ("lear", "h2o", 50.0), ("lear", "full", 35.0),
-             (None, "h2o", 45.0))  # fmt: skip
-    for text, method, ppl in specs:
-        run_id = f"{text}-{method}"
+def test_streams_of_different_texts_or_lengths_never_share_a_line_or_a_curve(tmp_path):
+    """One dataset, two texts, one of them also streamed shorter (an ablation), and a row written
+    before rows named their stream: each (text, length, method) keeps its own table line and its own
+    curve, in a panel per stream."""
+    specs = (("hamlet", 64, "h2o", 40.0), ("hamlet", 64, "full", 30.0), ("lear", 64, "h2o", 50.0),
+             ("lear", 64, "full", 35.0), ("hamlet", 32, "h2o", 38.0), (None, None, "h2o", 45.0))  # fmt: skip
+    for text, tokens, method, ppl in specs:
+        run_id = f"{text}-{tokens}-{method}"
         run_dir = tmp_path / "runs" / run_id
         run_dir.mkdir(parents=True)
-        windows = [{"start": s, "tokens": 8, "perplexity": ppl + s} for s in range(0, 32, 8)]
+        windows = [{"start": s, "tokens": 8, "perplexity": ppl + s} for s in range(0, tokens or 32, 8)]
         (run_dir / "windows.json").write_text(json.dumps(windows))
-        named = {} if text is None else {"text": text}
+        named = {} if text is None else {"text": text, "context_length": tokens}
         m = None if method == "full" else 16
         append_row(tmp_path, make_row(run_id=run_id, task="stream", method=method, method_params={"m": m}, m=m,
                                       dataset="gutenberg", n_samples=1, model=MODEL, perplexity=ppl,
                                       run_dir=str(run_dir), **named))  # fmt: skip
     frame = load_frame(tmp_path)
-    assert len(frame) == 5  # the newest row of a configuration is kept per text, not across texts
+    assert len(frame) == len(specs)  # the newest row of a configuration is kept per stream, not across them
 
     from experiments.reporting.report import write_tables
 
     write_tables(frame, tmp_path / "tables", tmp_path)
-    table = pd.read_csv(tmp_path / "tables" / "stream_gutenberg.csv")
-    assert list(table.columns[:2]) == ["text", "method"]
-    lines = {(t if isinstance(t, str) else None, m): p for t, m, p in table[["text", "method", "perplexity"]].values}
-    assert lines == {(text, method): ppl for text, method, ppl in specs}
+    table = pd.read_csv(tmp_path / "tables" / "stream_gutenberg.csv").fillna({"text": "-", "context_length": 0})
+    assert list(table.columns[:2]) == ["text", "method"] and "context_length" in table.columns
+    lines = {(t, int(n), m): p for t, n, m, p in table[["text", "context_length", "method", "perplexity"]].values}
+    assert lines == {(text or "-", tokens or 0, method): ppl for text, tokens, method, ppl in specs}
     windows = pd.read_csv(tmp_path / "tables" / "stream_windows_gutenberg.csv")
-    first = windows[windows["start"] == 0].fillna({"text": "-"}).set_index(["text", "method"])["perplexity"]
-    assert first.to_dict() == {(text or "-", method): ppl for text, method, ppl in specs}
+    first = windows[windows["start"] == 0].fillna({"text": "-", "context_length": 0})
+    first = first.set_index(["text", "context_length", "method"])["perplexity"].to_dict()
+    assert first == {(text or "-", tokens or 0, method): ppl for text, tokens, method, ppl in specs}
 
     figure = build_figures(frame, tmp_path)[0][f"stream_perplexity_gutenberg_{MODEL}"]
-    assert [axis.get_title() for axis in figure.axes] == ["-", "hamlet", "lear"]
-    for axis, text in zip(figure.axes, ("-", "hamlet", "lear"), strict=True):
+    panels = ["-", "hamlet, 32 tokens", "hamlet, 64 tokens", "lear, 64 tokens"]
+    assert [axis.get_title() for axis in figure.axes] == panels
+    for axis, (text, tokens) in zip(figure.axes, (("-", 0), ("hamlet", 32), ("hamlet", 64), ("lear", 64)), strict=True):
         starts = {line.get_label(): line.get_ydata()[0] for line in axis.get_lines()}
-        assert starts == {method: ppl for t, method, ppl in specs if (t or "-") == text}
+        assert starts == {method: ppl for t, n, method, ppl in specs if ((t or "-"), n or 0) == (text, tokens)}

@@ -82,8 +82,9 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 
 
 def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
-    """scripts/backfill_stream_text.py: a stream row gets its run config's book; a row whose folder is
-    gone, a non-test split, a generate row and a damaged line stay byte for byte."""
+    """scripts/backfill_stream_rows.py: a stream row gets its run config's book and its nll.txt's
+    length; a row whose folder is gone, a non-test split, a generate row and a damaged line stay byte
+    for byte."""
     import runpy
     import subprocess
     import sys
@@ -97,6 +98,7 @@ def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
             (folder / "config.json").write_text(
                 json.dumps({"dataset": {"name": "gutenberg", "book": book, "split": split}})
             )
+            (folder / "nll.txt").write_text("2.5\n" * len(book))  # a stream of len(book) + 1 tokens
         return make_row(run_id=run_id, task="stream", method="h2o", dataset="gutenberg", perplexity=40.0)
 
     rows = [stream_row("a", "hamlet"), stream_row("gone", None), stream_row("v", "othello", split="val"),
@@ -108,14 +110,15 @@ def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
         handle.write('{"run_id": "torn", \n')
     before = path.read_text().splitlines()
 
-    backfill = runpy.run_path(str(ROOT / "scripts" / "backfill_stream_text.py"))["backfill"]
+    backfill = runpy.run_path(str(ROOT / "scripts" / "backfill_stream_rows.py"))["backfill"]
     assert backfill(tmp_path) == (2, ["gone", "v"])
     after = path.read_text().splitlines()
     assert [json.loads(line).get("text") for line in after[:5]] == ["hamlet", None, None, None, "lear"]
+    assert [json.loads(line).get("context_length") for line in after[:5]] == [7, None, None, None, 5]
     assert [after[i] for i in (1, 2, 3, 5)] == [before[i] for i in (1, 2, 3, 5)]
     assert (tmp_path / "runs.jsonl.bak").read_text().splitlines() == before
     assert backfill(tmp_path) == (0, ["gone", "v"])  # idempotent
 
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "backfill_stream_text.py"), str(tmp_path / "no")],
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "backfill_stream_rows.py"), str(tmp_path / "no")],
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode != 0 and "pass a results folder" in missing.stderr and "Traceback" not in missing.stderr

@@ -31,7 +31,7 @@ ROW_KEYS = (
     "bertscore_f1", "bertscore_model", "perplexity", "prefill_tok_s", "decode_tok_s",
     "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s", "run_dir",
 )  # fmt: skip
-THROUGHPUT_KEYS = ("context_length", "batch_size")
+THROUGHPUT_KEYS = ("context_length", "batch_size")  # stream rows give context_length too: the tokens streamed
 ACCURACY_KEY = "accuracy"  # optional: exact-match accuracy in percent (math datasets, StreamEval)
 # Optional: which text of the dataset a stream row streamed (the sample's id, e.g. "hamlet"). One
 # dataset holds many texts, and rows of different texts must never share a table line or a curve.

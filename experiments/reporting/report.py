@@ -297,7 +297,8 @@ def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = No
         written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
     for dataset, rows in frame[frame["task"] == "stream"].groupby("dataset", sort=True):
         curves = [(row, _windows(row, results_dir)) for _, row in rows.iterrows()]
-        records = [{**{k: row[k] for k in ("run_id", STREAMED_TEXT_KEY, "method", "model", "m", "params")}, **window}
+        keys = ("run_id", STREAMED_TEXT_KEY, "context_length", "method", "model", "m", "params")
+        records = [{**{k: row[k] for k in keys}, **window}
                    for row, windows in curves for window in windows or []]  # fmt: skip
         if records:
             path = _windows_table(results_dir, dataset)
@@ -580,36 +581,45 @@ def _windows(row, results_dir: Path) -> list[dict[str, float]] | None:
 
 def stream_perplexity(frame, dataset: str, model: str, results_dir: str | Path):
     """Perplexity per window against position in the stream, a line per method and a panel per
-    streamed text (``windows.json``). ``None`` when no stream run of this dataset has its windows file."""
+    stream (text and length: a 4,096-token ablation of a text is not the 9,216-token reference run
+    of it), from each run's ``windows.json``. ``None`` when no stream run of this dataset has one."""
     rows = frame[(frame["task"] == "stream") & (frame["dataset"] == dataset) & (frame["model"] == model)]
     curves = [(index, _windows(row, Path(results_dir))) for index, row in rows.iterrows()]
     curves = [(index, windows) for index, windows in curves if windows]
     if not curves:
         return None
-    texts = sorted({_streamed_text(rows.at[index, STREAMED_TEXT_KEY]) for index, _ in curves})
-    labels = _variant_labels(rows, axis=(STREAMED_TEXT_KEY,))
+    streams = sorted({_stream(rows.loc[index]) for index, _ in curves})
+    labels = _variant_labels(rows, axis=(STREAMED_TEXT_KEY, "context_length"))
     styles = _styles(labels, rows)
-    figure, axes = _new_figure(len(texts), len(set(labels.values())), width=6.4, height=3.8)
+    figure, axes = _new_figure(len(streams), len(set(labels.values())), width=6.4, height=3.8)
     order = _series(labels, rows)
-    for axis, text in zip(axes, texts, strict=True):
-        mine = [curve for curve in curves if _streamed_text(rows.at[curve[0], STREAMED_TEXT_KEY]) == text]
+    for axis, stream in zip(axes, streams, strict=True):
+        mine = [curve for curve in curves if _stream(rows.loc[curve[0]]) == stream]
         for index, windows in sorted(mine, key=lambda curve: order.index(labels[curve[0]])):
             label = labels[index]
             axis.plot([w["start"] + w["tokens"] / 2 for w in windows], [w["perplexity"] for w in windows],
                       label=label, **styles[label])  # fmt: skip
         size = int(mine[0][1][0]["tokens"])
         axis.set(xlabel="position in the stream (tokens)", ylabel=f"perplexity per {size}-token window",
-                 yscale="log", title=None if len(texts) == 1 else text)  # fmt: skip
+                 yscale="log", title=None if len(streams) == 1 else _stream_title(stream))  # fmt: skip
         axis.grid(alpha=0.3, which="both")
-    one_named_text = len(texts) == 1 and texts[0] != "-"
-    figure.suptitle(f"Streaming perplexity: {model} on {dataset}" + (f" ({texts[0]})" if one_named_text else ""))
+    named = len(streams) == 1 and streams[0] != ("-", 0)
+    figure.suptitle(
+        f"Streaming perplexity: {model} on {dataset}" + (f" ({_stream_title(streams[0])})" if named else "")
+    )
     _legend(figure, axes)
     return figure
 
 
-def _streamed_text(value: Any) -> str:
-    """The row's streamed text; ``-`` for rows written before rows named it."""
-    return value if isinstance(value, str) else "-"
+def _stream(row) -> tuple[str, int]:
+    """(text, tokens) of a stream row; ``-`` and 0 for rows written before rows carried them."""
+    text, tokens = row.get(STREAMED_TEXT_KEY), row.get("context_length")
+    return (text if isinstance(text, str) else "-", int(tokens) if tokens == tokens and tokens is not None else 0)
+
+
+def _stream_title(stream: tuple[str, int]) -> str:
+    text, tokens = stream
+    return f"{text}, {tokens:,} tokens" if tokens else text
 
 
 def against_context(frame, dataset: str, model: str, value: str = "decode_tok_s", methods: set[str] | None = None,

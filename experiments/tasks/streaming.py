@@ -90,7 +90,7 @@ def _interval(ci: tuple[float, float] | None) -> list[float] | None:
     "stream",
     resumable=True,
     uses_policy=True,
-    metrics=("perplexity", "decode_tok_s", "kv_cache_mb"),
+    metrics=("context_length", "perplexity", "decode_tok_s", "kv_cache_mb"),  # context: the tokens streamed
     summary=lambda row: (
         f"perplexity {row['perplexity']} over the stream; per-window curve in {row['run_dir']}/perplexity.png"
     ),
@@ -117,6 +117,7 @@ def run_stream(cfg: dict[str, Any]) -> dict[str, Any]:
         loaded,
         n_samples=1,
         text=sample.id,
+        context_length=len(token_ids),
         perplexity=clean_number(math.exp(sum(nll) / len(nll))),
         perplexity_ci=_interval(block_bootstrap_ci(nll, CI_BLOCK_TOKENS, seed=cfg["seed"])),
         decode_tok_s=clean_number(len(nll) / sum(times), 2),
