@@ -4,7 +4,11 @@ arguments, and the model, the controller and the text's first tokens they load."
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+# The scripts that import this one run as `python scripts/<name>.py`: the repository root goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adore import LoadedModel, load_model
 from adore.controller import ImportanceController

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from experiments.tasks.streaming import window_perplexities  # what the stream task writes to windows.json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python scripts/...` from anywhere
+
+from experiments.tasks.streaming import window_perplexities
 
 
 def main() -> None:
