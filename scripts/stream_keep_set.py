@@ -4,7 +4,7 @@
 held-out text").
 
     python scripts/stream_keep_set.py --controller artifacts/adore/smollm2-135m/gutenberg/K32-<hash> \\
-        --tokens 4096 --R 0 --n-sink 0
+        --tokens 4096 --R 0 --n-sink 0 [--n-recent 32]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ def main() -> None:
     parser = study_arguments(__doc__.splitlines()[0], book="hamlet", tokens=4096)
     parser.add_argument("--R", type=int, default=0)
     parser.add_argument("--n-sink", type=int, default=0)
+    parser.add_argument("--n-recent", type=int, default=0)
     parser.add_argument("--every", type=int, default=512)
     args = parser.parse_args()
     loaded, controller, ids = load_study(parser, args)
-    policy = build_policy("adore", m=args.m, R=args.R, K=args.K, n_sink=args.n_sink)
+    policy = build_policy("adore", m=args.m, R=args.R, K=args.K, n_sink=args.n_sink, n_recent=args.n_recent)
     policy.bind(controller, loaded.model.get_input_embeddings())
     engine = DecodingEngine(loaded.model, policy)
     cache = engine.new_cache()
