@@ -7,6 +7,8 @@ then writes::
 
     <results_dir>/table.md                                  every generate row in one table (also printed)
     <results_dir>/tables/<task>_<dataset>.md | .tex | .csv  method by metric at each m, per task and dataset
+    <results_dir>/tables/main_<dataset>.md                 each quality metric as a method x m grid with
+                                                           intervals (the README's main tables)
                                                            (stream tables: a line per text and method)
     <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
                                                            streaming figure's data, kept with the tables)
@@ -304,6 +306,46 @@ def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = No
             path = _windows_table(results_dir, dataset)
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(records).to_csv(path, index=False)
+            written.append(path)
+    return written
+
+
+def main_table(frame, dataset: str, metric: str) -> str | None:
+    """``metric`` of every generate configuration on ``dataset`` as a grid: a line per method (and
+    variant), a column per budget m, and one for the methods that keep every token; each cell is
+    ``value [lo, hi]`` (the 95% interval). ``None`` when no row has the metric."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & frame[metric].notna()]
+    if rows.empty:
+        return None
+    labels = _variant_labels(rows, axis=("m",))
+    budgets = sorted({int(m) for m in rows["m"].dropna()})
+    columns = [*budgets, None] if rows["m"].isna().any() else budgets
+    cells: dict[str, dict[Any, str]] = {}
+    for index, row in rows.iterrows():
+        ci = row.get(f"{metric}_ci")
+        interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list | tuple) else ""
+        m = None if row["m"] != row["m"] or row["m"] is None else int(row["m"])
+        cells.setdefault(labels[index], {})[m] = f"{row[metric]:.2f}{interval}"
+    counts = sorted({int(n) for n in rows["n_samples"].dropna()})
+    header = ["method", *(f"m={m}" if m is not None else "no eviction" for m in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join([label, *(cells[label].get(m, "") for m in columns)]) + " |"
+              for label in _series(labels, rows)]  # fmt: skip
+    note = f"{TITLES.get(metric, metric)} on {dataset}, n={'/'.join(map(str, counts))}, 95% bootstrap intervals"
+    return f"{note}\n\n" + "\n".join(lines)
+
+
+def write_main_tables(frame, out_dir: str | Path) -> list[Path]:
+    """``main_<dataset>.md``: :func:`main_table` of each quality metric the dataset's rows have."""
+    written = []
+    if frame.empty:
+        return written
+    for dataset in sorted(frame[frame["task"] == "generate"]["dataset"].dropna().unique()):
+        parts = [table for metric in QUALITY if (table := main_table(frame, dataset, metric)) is not None]
+        if parts:
+            path = Path(out_dir) / f"main_{_slug(dataset)}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n\n".join(parts) + "\n")
             written.append(path)
     return written
 
@@ -731,6 +773,7 @@ def run_report(cfg: dict[str, Any]) -> str:
         table = f"no generation rows in {results_dir / RUNS_FILE}; tables per task in {results_dir / 'tables'}"
     print(table)
     tables = write_tables(frame, results_dir / "tables", results_dir)
+    tables += write_main_tables(frame, results_dir / "tables")
     scores = sample_scores(frame, results_dir)
     tables += write_sample_tables(scores, results_dir)
     tables += write_paired_tables(paired_frame(frame, scores, reference), results_dir / "tables")
