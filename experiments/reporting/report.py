@@ -7,9 +7,9 @@ then writes::
 
     <results_dir>/table.md                                  every generate row in one table (also printed)
     <results_dir>/tables/<task>_<dataset>.md | .tex | .csv  method by metric at each m, per task and dataset
+                                                           (stream tables: a line per text, length and method)
     <results_dir>/tables/main_<dataset>.md                 each quality metric as a method x m grid with
                                                            intervals (the README's main tables)
-                                                           (stream tables: a line per text and method)
     <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
                                                            streaming figure's data, kept with the tables)
     <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
@@ -19,7 +19,7 @@ then writes::
         <method>_by_<param>    bars of a method's quality (and recall@m) per choice of a text
                                parameter (e.g. adore_by_scored_by), a group per m
         stream_perplexity      perplexity per window against position (each stream run's windows.json),
-                               a panel per streamed text
+                               a panel per stream (text and length)
         throughput_vs_context  decode tok/s against context length, a line per method, a panel per batch size
 
 The Markdown and LaTeX tables show two decimals and the CSV keeps full precision, with row keys as
@@ -55,7 +55,8 @@ DIAGNOSTICS = {"recall_at_m": "recall@m of the true top-K (held out)"}
 
 # Column titles (tables) and axis labels with units (figures).
 TITLES = {
-    STREAMED_TEXT_KEY: "text", "method": "method", "model": "model", "m": "m", "R": "R", "params": "other parameters", "n_samples": "n",
+    STREAMED_TEXT_KEY: "text", "method": "method", "model": "model", "m": "m", "R": "R", "params": "other parameters",
+    "n_samples": "n",
     "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore-F1", "bleu": "BLEU", "accuracy": "accuracy",
     "perplexity": "perplexity", "context_length": "context", "batch_size": "batch",
     "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ms_per_token_p50": "ms/token p50",
@@ -96,7 +97,8 @@ def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> li
         if task and row.get("task") != task:
             continue
         key = (row.get("task"), row.get("method"), str(method_params(row)), row.get("dataset"),
-               row.get(STREAMED_TEXT_KEY), row.get("model"), row.get("n_samples"), row.get("context_length"), row.get("batch_size"))  # fmt: skip
+               row.get(STREAMED_TEXT_KEY), row.get("model"), row.get("n_samples"), row.get("context_length"),
+               row.get("batch_size"))  # fmt: skip
         latest.pop(key, None)
         latest[key] = row
     return list(latest.values())
@@ -137,8 +139,8 @@ def extra_params(row: dict[str, Any]) -> str:
 def sort_key(row: dict[str, Any]) -> tuple:
     """Dataset, streamed text, model, then budget (full-cache methods last), then method, then R."""
     m = row.get("m")
-    return (row.get("dataset") or "", row.get(STREAMED_TEXT_KEY) or "", row.get("model") or "", m is None, m or 0, row.get("method") or "",
-            row.get("R") or 0, extra_params(row), row.get("batch_size") or 0, row.get("context_length") or 0)  # fmt: skip
+    return (row.get("dataset") or "", row.get(STREAMED_TEXT_KEY) or "", row.get("model") or "", m is None, m or 0,
+            row.get("method") or "", row.get("R") or 0, extra_params(row), row.get("batch_size") or 0, row.get("context_length") or 0)  # fmt: skip
 
 
 def report_rows(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -152,8 +154,8 @@ def load_frame(results_dir: str | Path, rows: list[dict[str, Any]] | None = None
 
     rows = report_rows(results_dir) if rows is None else rows
     frame = pd.DataFrame(rows)
-    for key in ("task", "dataset", STREAMED_TEXT_KEY, "model", "method", "method_params", "m", "R", "n_samples", "run_id", "run_dir",
-                *OTHER_METRICS, *CI_KEYS, "context_length", "batch_size"):  # fmt: skip
+    for key in ("task", "dataset", STREAMED_TEXT_KEY, "model", "method", "method_params", "m", "R", "n_samples",
+                "run_id", "run_dir", *OTHER_METRICS, *CI_KEYS, "context_length", "batch_size"):  # fmt: skip
         if key not in frame:
             frame[key] = None
     frame["params"] = [extra_params(row) for row in rows]
@@ -331,7 +333,9 @@ def main_table(frame, dataset: str, metric: str) -> str | None:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join([label, *(cells[label].get(m, "") for m in columns)]) + " |"
               for label in _series(labels, rows)]  # fmt: skip
-    note = f"{TITLES.get(metric, metric)} on {dataset}, n={'/'.join(map(str, counts))}, 95% bootstrap intervals"
+    with_ci = rows.get(f"{metric}_ci")
+    intervals = ", 95% bootstrap intervals" if with_ci is not None and with_ci.notna().any() else ""
+    note = f"{TITLES.get(metric, metric)} on {dataset}, n={'/'.join(map(str, counts))}{intervals}"
     return f"{note}\n\n" + "\n".join(lines)
 
 
