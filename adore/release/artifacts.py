@@ -270,9 +270,11 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
     controller = load_controller(folder, policy.train["max_length"]).to(loaded.device)
     policy.bind(controller, loaded.model.get_input_embeddings(), checkpoint=folder.name)
     report = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
-    # train_length: the controller's training sequences (tokens); past it a stream is extrapolation.
+    # train_length: the longest sequence the controller trained on, as it recorded (chats are often
+    # shorter than train.max_length); past it a stream is extrapolation.
     policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune,
-                       "positions": controller.config.positions, "train_length": policy.train["max_length"]}  # fmt: skip
+                       "positions": controller.config.positions,
+                       "train_length": int(controller.trained_positions)}  # fmt: skip
     if report.get("recall_at_m") is not None and report.get("m_for_recall") == policy.m:
         policy.training["recall_at_m"] = round(report["recall_at_m"], 4)  # held out, at this run's m
 
