@@ -127,11 +127,15 @@ ablations: setup
 # and rebuild and sinks at the best K.
 SMALL_DIR := results/small-budget
 SMALL_ARGS := dataset.split=val dataset.limit=8 max_new_tokens=96 batch_size=4 results_dir=$(SMALL_DIR)
+SMALL_SHAREGPT := dataset=sharegpt dataset.split=val dataset.limit=16 max_new_tokens=96 batch_size=auto results_dir=$(SMALL_DIR)
 small-budget: setup
 	$(PY) run.py -m method=full,h2o,tova method.m=32 $(SMALL_ARGS)
 	$(PY) run.py -m method=adore method.m=32 method.R=0 method.K=8,16,32 $(SMALL_ARGS)
 	$(PY) run.py method=adore method.m=32 method.R=0 method.K=32 method.scorer=oracle $(SMALL_ARGS)
 	$(PY) run.py -m method=adore method.m=32 method.K=16 method.R=4 method.n_sink=0,4 $(SMALL_ARGS)
+	$(PY) run.py -m method=full,h2o,tova method.m=32 $(SMALL_SHAREGPT)
+	$(PY) run.py -m method=adore method.m=32 method.R=0,4 $(SMALL_SHAREGPT)
+	$(PY) run.py method=adore method.m=32 method.R=0 method.K=16 method.scorer=oracle $(SMALL_SHAREGPT)
 	$(PY) run.py task=report results_dir=$(SMALL_DIR)
 
 # The reference runs again with every method on the same sparse-attention adapter (ADORE's fine-tune,
