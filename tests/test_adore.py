@@ -353,6 +353,31 @@ def test_label_horizon_is_the_union_over_the_next_queries():
         topk_past(attention, K=2, horizon=0)
 
 
+def test_accumulated_labels_rank_by_attention_summed_over_queries_so_far():
+    attention = torch.rand(10, 10, generator=torch.Generator().manual_seed(1)).tril()
+    labels = topk_past(attention, K=3, target="accumulated")
+    for t in range(10):
+        totals = {i: sum(float(attention[s, i]) for s in range(t + 1)) for i in range(t)}  # H2O's score
+        expected = set(sorted(totals, key=totals.get, reverse=True)[:3])
+        assert set(labels[t].nonzero().flatten().tolist()) == expected
+    assert not torch.equal(labels, topk_past(attention, K=3))  # a different target on this fixture
+    with pytest.raises(ConfigError, match="labels.target must be one of current, accumulated"):
+        topk_past(attention, K=3, target="summed")
+    with pytest.raises(ConfigError, match="labels.target must be one of current, accumulated"):
+        build_policy("adore", m=8, R=0, K=4, labels={"aggregate": "mean", "horizon": 1, "target": "summed"})
+
+
+def test_label_target_keys_a_controller_folder_only_when_not_the_paper():
+    from adore.release.artifacts import artifact_dir
+
+    current = build_policy("adore", m=64, R=4)
+    before = build_policy("adore", m=64, R=4, labels={"aggregate": "mean", "horizon": 8})
+    accumulated = build_policy("adore", m=64, R=4, labels={"aggregate": "mean", "horizon": 8, "target": "accumulated"})
+    assert current.labels["target"] == "current"
+    assert artifact_dir(current, "m", "aclsum") == artifact_dir(before, "m", "aclsum")
+    assert artifact_dir(accumulated, "m", "aclsum") != artifact_dir(before, "m", "aclsum")
+
+
 # ---- fixed bugs ------------------------------------------------------------------------------------
 
 

@@ -408,6 +408,12 @@ def test_config_hash_of_rows_written_before_adore_settings_moved():
     today = {**new_adore, "method": {**old_adore["method"], **SETTINGS_DEFAULTS, "finetune": True}}
     assert config_hash(today) != config_hash(old_adore)
     assert SETTINGS_DEFAULTS["controller"]["positions"] == "relative"
+    # labels.target arrived after rows were written: at "current" it leaves their hash as it was
+    labels = {k: v for k, v in SETTINGS_DEFAULTS["labels"].items() if k != "target"}
+    before_target = {**today, "method": {**today["method"], "labels": labels}}
+    assert config_hash(today) == config_hash(before_target)
+    accumulated = {**today, "method": {**today["method"], "labels": {**labels, "target": "accumulated"}}}
+    assert config_hash(accumulated) != config_hash(before_target)
 
 
 def test_accuracy_is_an_optional_row_key():

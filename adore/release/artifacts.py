@@ -49,6 +49,8 @@ def artifact_dir(policy: ADORE, model_name: str, dataset: str, finetune: bool | 
     labels = dict(policy.labels)
     if labels.get("horizon", 1) == 1:
         labels.pop("horizon", None)  # the default keeps the key of checkpoints made before the switch existed
+    if labels.get("target", "current") == "current":
+        labels.pop("target", None)  # likewise
     # Controller settings added later key no folder at their defaults (older checkpoints keep theirs).
     controller = {k: v for k, v in policy.controller.items() if LATER_CONTROLLER_DEFAULTS.get(k, object()) != v}
     finetune = policy.finetune if finetune is None else finetune
@@ -100,7 +102,7 @@ def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cf
     out = []
     for ids in tqdm(sequences, desc=desc, unit="seq"):
         attention = aggregated_attention(loaded.model, ids, labels_cfg["aggregate"])
-        labels = topk_past(attention, K, labels_cfg.get("horizon", 1)).cpu()
+        labels = topk_past(attention, K, labels_cfg.get("horizon", 1), labels_cfg.get("target", "current")).cpu()
         with torch.no_grad():
             embeddings = embedding(torch.tensor(ids, device=loaded.device)).float().cpu()
         out.append(LabelledSequence(embeddings, labels))
@@ -228,7 +230,9 @@ def attention_recall(context: RunContext, loaded: LoadedModel, policy: ADORE) ->
     for ids in tqdm(held_out, desc="attention recall (held out)", unit="seq"):
         attention = aggregated_attention(loaded.model, ids, policy.labels["aggregate"]).cpu()
         scores.append(attention)
-        labels.append(topk_past(attention, policy.K, policy.labels.get("horizon", 1)))
+        labels.append(
+            topk_past(attention, policy.K, policy.labels.get("horizon", 1), policy.labels.get("target", "current"))
+        )
     recall, _ = scores_recall_at_m(scores, labels, policy.m)
     return {"recall_at_m": round(recall, 4)}
 
@@ -275,6 +279,8 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
     policy.training = {"labels_horizon": policy.labels.get("horizon", 1), "finetune": policy.finetune,
                        "positions": controller.config.positions,
                        "train_length": int(controller.trained_positions)}  # fmt: skip
+    if policy.labels.get("target", "current") != "current":  # rows before the switch keep their parameters
+        policy.training["labels_target"] = policy.labels["target"]
     if report.get("recall_at_m") is not None and report.get("m_for_recall") == policy.m:
         policy.training["recall_at_m"] = round(report["recall_at_m"], 4)  # held out, at this run's m
 

@@ -20,6 +20,10 @@ import torch
 from adore import AttentionView, ConfigError, DecodingEngine, KVPolicy, PolicyCache, PolicyLayer
 
 AGGREGATES = ("mean", "max")
+# What a key's importance for query t is: its attention from t itself (the paper's ideal top-K), or its
+# attention summed over every query up to t (H2O's accumulated score), which keeps what a long history
+# has used, not only what the current token looks at.
+TARGETS = ("current", "accumulated")
 
 
 @dataclass
@@ -62,17 +66,23 @@ def aggregated_attention(model: torch.nn.Module, token_ids: list[int], aggregate
     return attention / cache.state["heads"] if aggregate == "mean" else attention
 
 
-def topk_past(attention: torch.Tensor, K: int, horizon: int = 1) -> torch.Tensor:
+def topk_past(attention: torch.Tensor, K: int, horizon: int = 1, target: str = "current") -> torch.Tensor:
     """Label matrix ``y [T, T]`` (bool): ``y[t, i]`` iff ``i`` is among the top-``K`` past tokens of ``t``
     (``horizon=1``, the paper's target) or of any of the queries ``t .. t + horizon - 1`` (an
     extension: a token needed a few steps later is not released now).
 
-    Rows with fewer than ``K`` past tokens label every past token positive.
+    ``target="current"`` ranks by ``A[t, i]`` (the paper); ``"accumulated"`` by ``sum_{s <= t} A[s, i]``,
+    the score H2O keeps (an extension). Rows with fewer than ``K`` past tokens label every past token
+    positive.
     """
     if horizon < 1:
         raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
+    if target not in TARGETS:
+        raise ConfigError(f"method.labels.target must be one of {', '.join(TARGETS)}, got {target!r}")
     T = attention.shape[0]
     past = torch.ones(T, T, dtype=torch.bool, device=attention.device).tril(-1)
+    if target == "accumulated":
+        attention = attention.cumsum(dim=0)
     scores = attention.masked_fill(~past, float("-inf"))
     top = scores.topk(min(K, T), dim=-1).indices
     labels = torch.zeros(T, T, dtype=torch.bool, device=attention.device).scatter_(1, top, True) & past

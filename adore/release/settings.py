@@ -28,3 +28,4 @@ HASHED_DEFAULTS: dict[str, Any] = {
 SETTINGS_DEFAULTS: dict[str, Any] = copy.deepcopy(HASHED_DEFAULTS)
 SETTINGS_DEFAULTS["controller"].update(positions="relative", cell="gru")
 SETTINGS_DEFAULTS["train"].update(max_length=2048)
+SETTINGS_DEFAULTS["labels"].update(target="current")

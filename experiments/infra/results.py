@@ -65,6 +65,7 @@ HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("adore", "controller", "cell"): "gru",
     ("method", "n_recent"): 0,  # ADORE's; no other method has a key of this name
     ("method", "reencode"): 0,  # ADORE's, likewise
+    ("adore", "labels", "target"): "current",
 }
 RUNS_FILE = "runs.jsonl"
 # Top-level keys that say where outputs go or whether to rerun, not what a run computes.
