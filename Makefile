@@ -136,6 +136,8 @@ small-budget: setup
 	$(PY) run.py -m method=full,h2o,tova method.m=32 $(SMALL_SHAREGPT)
 	$(PY) run.py -m method=adore method.m=32 method.R=0,4 $(SMALL_SHAREGPT)
 	$(PY) run.py method=adore method.m=32 method.R=0 method.K=16 method.scorer=oracle $(SMALL_SHAREGPT)
+	$(PY) run.py -m method=adore method.m=32 method.R=0,4 method.labels.target=accumulated $(SMALL_SHAREGPT)
+	$(PY) run.py -m method=adore method.m=32 method.R=0 method.n_recent=16 method.labels.target=accumulated,current $(SMALL_SHAREGPT)
 	$(PY) run.py task=report results_dir=$(SMALL_DIR)
 
 # The reference runs again with every method on the same sparse-attention adapter (ADORE's fine-tune,
