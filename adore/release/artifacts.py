@@ -27,7 +27,7 @@ from adore.core.plotting import new_figure, save_figure
 
 from .controller import ControllerConfig, ImportanceController
 from .finetune import FinetuneExample, LoraConfig, sparse_finetune
-from .labels import aggregated_attention, topk_past
+from .labels import aggregated_attention, labels_for
 from .settings import SETTINGS_DEFAULTS
 from .training import LabelledSequence, scores_recall_at_m, train_controller
 
@@ -102,7 +102,7 @@ def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cf
     out = []
     for ids in tqdm(sequences, desc=desc, unit="seq"):
         attention = aggregated_attention(loaded.model, ids, labels_cfg["aggregate"])
-        labels = topk_past(attention, K, labels_cfg.get("horizon", 1), labels_cfg.get("target", "current")).cpu()
+        labels = labels_for(attention, K, labels_cfg).cpu()
         with torch.no_grad():
             embeddings = embedding(torch.tensor(ids, device=loaded.device)).float().cpu()
         out.append(LabelledSequence(embeddings, labels))
@@ -230,9 +230,7 @@ def attention_recall(context: RunContext, loaded: LoadedModel, policy: ADORE) ->
     for ids in tqdm(held_out, desc="attention recall (held out)", unit="seq"):
         attention = aggregated_attention(loaded.model, ids, policy.labels["aggregate"]).cpu()
         scores.append(attention)
-        labels.append(
-            topk_past(attention, policy.K, policy.labels.get("horizon", 1), policy.labels.get("target", "current"))
-        )
+        labels.append(labels_for(attention, policy.K, policy.labels))
     recall, _ = scores_recall_at_m(scores, labels, policy.m)
     return {"recall_at_m": round(recall, 4)}
 

@@ -66,6 +66,16 @@ def aggregated_attention(model: torch.nn.Module, token_ids: list[int], aggregate
     return attention / cache.state["heads"] if aggregate == "mean" else attention
 
 
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"method.labels.target must be one of {', '.join(TARGETS)}, got {target!r}")
+
+
+def labels_for(attention: torch.Tensor, K: int, settings: dict) -> torch.Tensor:
+    """:func:`topk_past` under a run's ``method.labels`` settings (keys missing: the paper's target)."""
+    return topk_past(attention, K, settings.get("horizon", 1), settings.get("target", "current"))
+
+
 def topk_past(attention: torch.Tensor, K: int, horizon: int = 1, target: str = "current") -> torch.Tensor:
     """Label matrix ``y [T, T]`` (bool): ``y[t, i]`` iff ``i`` is among the top-``K`` past tokens of ``t``
     (``horizon=1``, the paper's target) or of any of the queries ``t .. t + horizon - 1`` (an
@@ -77,8 +87,7 @@ def topk_past(attention: torch.Tensor, K: int, horizon: int = 1, target: str = "
     """
     if horizon < 1:
         raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
-    if target not in TARGETS:
-        raise ConfigError(f"method.labels.target must be one of {', '.join(TARGETS)}, got {target!r}")
+    check_target(target)
     T = attention.shape[0]
     past = torch.ones(T, T, dtype=torch.bool, device=attention.device).tril(-1)
     if target == "accumulated":

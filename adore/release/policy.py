@@ -37,7 +37,7 @@ from adore import (
 
 from .artifacts import artifact_dir, check_controller_available, prepare_adore, train_summary, training_dataset
 from .controller import ImportanceController
-from .labels import TARGETS
+from .labels import check_target
 from .settings import HASHED_DEFAULTS, SETTINGS_DEFAULTS
 
 if TYPE_CHECKING:
@@ -151,10 +151,7 @@ class ADORE(ScoredPolicy):
             raise ConfigError(f"method.reencode must be 0 (off) or a positive number of tokens, got {self.reencode!r}")
         if self.scorer not in SCORERS:
             raise ConfigError(f"method.scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
-        if self.labels.get("target", "current") not in TARGETS:
-            raise ConfigError(
-                f"method.labels.target must be one of {', '.join(TARGETS)}, got {self.labels['target']!r}"
-            )
+        check_target(self.labels.get("target", "current"))
         if self.scorer == "oracle" and self.R:
             raise ConfigError("method.scorer=oracle scores only cached tokens; set method.R=0")
 
