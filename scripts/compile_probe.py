@@ -65,7 +65,6 @@ def main() -> None:
 
 def _compile_layers(model: torch.nn.Module) -> torch.nn.Module:
     """Compile in place the parts of each decoder layer that hold no cache code."""
-    model = getattr(model, "_orig_mod", model)  # undo the whole-model wrapper of the previous probe
     for layer in model.model.layers:
         for part in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
             part.compile()
