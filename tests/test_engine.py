@@ -129,6 +129,28 @@ def test_kv_bytes_are_the_most_reserved_at_any_moment(tiny_model, method, params
     assert result.kv_decode_peak_bytes == decode_slots * per_slot
 
 
+def test_move_last_into_is_one_in_one_out():
+    """SlotStore's in-place one-in/one-out equals the plain rule: in each (sequence, head) the victim
+    slot takes the last slot's contents, and the last slot is dropped; the buffers stay."""
+    from adore.core.slots import SlotStore
+
+    torch.manual_seed(0)
+    B, H, S, D = 2, 3, 6, 4
+    tensors = {"keys": torch.randn(B, H, S, D), "positions": torch.arange(B * H * S).view(B, H, S)}
+    store = SlotStore()
+    store.append(tensors, capacity=S + 1)
+    buffer = store.buffers["keys"].data_ptr()
+    victim = torch.tensor([[[0], [5], [2]], [[4], [1], [3]]])  # [B, H, 1]; 5 is the last slot itself
+    store.move_last_into(victim)
+    assert store.length == S - 1 and store.buffers["keys"].data_ptr() == buffer
+    for name, before in tensors.items():
+        expected = before.clone()
+        for b in range(B):
+            for h in range(H):
+                expected[b, h, int(victim[b, h, 0])] = before[b, h, S - 1]
+        assert torch.equal(store.view(name), expected[:, :, : S - 1]), name
+
+
 def test_storage_is_written_in_place(tiny_model):
     """A bounded cache keeps one buffer per layer from the first decode step on (no per-step copy of
     the cache); full attention allocates once for the announced length."""

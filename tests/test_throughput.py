@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from transformers import LlamaConfig
 
 from adore.methods import build_policy
-from experiments.results import COST_KEYS, ROW_KEYS, SPREAD_KEYS, THROUGHPUT_KEYS, read_rows
+from experiments.results import COST_KEYS, ROW_KEYS, SPREAD_KEYS, THREAD_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
     decode_kv_tokens,
     kv_bytes_per_token,
@@ -120,7 +121,9 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     peak = {"hf_generate": 16, "full": 17, "window": 12}
     decoding = {"hf_generate": 16, "full": 17, "window": 8 + 1}
     for row in rows:
-        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS + SPREAD_KEYS + COST_KEYS
+        assert tuple(row) == ROW_KEYS + THROUGHPUT_KEYS + SPREAD_KEYS + COST_KEYS + THREAD_KEYS
+        assert row["cpu_threads"] == torch.get_num_threads()
+        assert row["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "unset")
         assert 0 < row["decode_tok_s_p10"] <= row["decode_tok_s_p90"]
         assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["peak_mem_mb"] > 0
         assert row["ms_per_token_p50"] <= row["ms_per_token_p90"]

@@ -127,12 +127,13 @@ class PolicyLayer(DynamicLayer):
     def _slot_views(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys, "values": self.values, "positions": self.positions, "valid": self.valid}
 
-    def _publish(self, allocated: int) -> None:
+    def _publish(self, allocated: int | None = None) -> None:
         """Point the public attributes at the store's views; tell the cache how the KV bytes it
-        reserves changed (``allocated``: this layer's before the change)."""
+        reserves changed (``allocated``: this layer's before the change; ``None``: unchanged)."""
         self.keys, self.values = self.slots.view("keys"), self.slots.view("values")
         self.positions, self.valid = self.slots.view("positions"), self.slots.view("valid")
-        self.owner.note_held(self.kv_bytes() - allocated)
+        if allocated is not None:
+            self.owner.note_held(self.kv_bytes() - allocated)
 
     def _store(self, tensors: dict[str, torch.Tensor]) -> None:
         """Make ``tensors`` (keys, values, positions, valid, each ``[B, H, S', ...]``) the stored slots."""
@@ -148,24 +149,19 @@ class PolicyLayer(DynamicLayer):
         B, H, q, _ = key_states.shape
         forwarded = kwargs.get("kwargs")
         forwarded = forwarded if forwarded is not None else {}
-        new_pos = self.owner.step_positions
-        if new_pos is None:
-            new_pos = forwarded.get("position_ids")
-        if new_pos is None:
-            new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)[None].expand(B, q)
-        new_pos = new_pos.to(key_states.device).expand(B, q)
-        new_valid = self.owner.step_valid
-        new_valid = torch.ones(B, q, dtype=torch.bool, device=key_states.device) if new_valid is None else new_valid
-        new_valid = new_valid.to(key_states.device)
+        new_pos, new_valid = self.owner.new_slots(self, B, q, forwarded.get("position_ids"), key_states.device)
         stored = self.keys.shape[2]
 
-        if stored and not all(self.slots.holds(name, tensor) for name, tensor in self._slot_views().items()):
-            self._store(self._slot_views())  # replaced from outside (DynamicLayer's reorder or select): adopt them
+        # Replaced from outside (DynamicLayer's reorder_cache or batch_select_indices swap keys and
+        # values together): adopt them into the buffers.
+        if stored and not (self.slots.holds("keys", self.keys) and self.slots.holds("values", self.values)):
+            self._store(self._slot_views())
         new = {"keys": key_states, "values": value_states, "positions": new_pos[:, None].expand(B, H, q),
                "valid": new_valid[:, None].expand(B, H, q)}  # fmt: skip
-        allocated = self.kv_bytes()
-        self.slots.append(new, self.capacity_for(stored))  # grows to at least stored + q
-        self._publish(allocated)
+        grown = self.slots.append(new, self.capacity_for(stored))  # to at least stored + q slots
+        self._publish()
+        if grown:
+            self.owner.note_held(grown)
         if self.layer_idx == 0:
             self.owner.note_positions(new_pos, new_valid)
         self.has_invalid = self.has_invalid or not self.owner.step_all_valid
@@ -287,9 +283,15 @@ class PolicyLayer(DynamicLayer):
 
     @torch.inference_mode()  # writes in place into the slot buffers (see slots.py)
     def apply(self, plan: EvictionPlan) -> None:
-        if plan.victim is not None:
-            # One in, one out: overwrite the lowest slot with the last one (in place, order-free); the
-            # stored view then shrinks by one slot.
+        if plan.victim is not None and self.slots.capacity <= self.capacity_for(self.stored - 1):
+            # One in, one out: the last slot overwrites the lowest one in place (slot order is free);
+            # the stored views shrink by one slot and the buffers stay (the common decode step).
+            self.slots.move_last_into(plan.victim)
+            for name, tensor in self.extras.items():
+                tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
+                self.extras[name] = tensor[:, :, :-1]
+            self._publish()
+        elif plan.victim is not None:  # the same, where the buffers are larger than the budget needs
             kept = {}
             for name, tensor in self._slot_tensors():
                 tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
@@ -400,6 +402,7 @@ class PolicyCache(Cache):
         self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
         self._selection: torch.Tensor | None = None
         self._first_feed: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's, by window
+        self._new_slots: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's, from layer 0
         self._selection_index: torch.Tensor | None = None
         # Tokens a sequence will reach (prompt + new tokens), when the engine knows it: an unbounded
         # layer then allocates its buffers once.
@@ -448,6 +451,22 @@ class PolicyCache(Cache):
             self._selection.zero_().scatter_(2, index[:, 0, :, None], 1.0)
             self._selection_index = index
         return self._selection
+
+    def new_slots(
+        self, layer: PolicyLayer, batch: int, q: int, rope_positions: torch.Tensor | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Original positions and validity of the tokens ``layer`` appends, ``[B, q]`` each: what the
+        engine set for this step, else what the model passes (``rope_positions``), else the next ``q``
+        positions. Worked out by the first layer and shared by the rest of the step."""
+        if layer.layer_idx != 0 and self._new_slots is not None and self._new_slots[0].shape == (batch, q):
+            return self._new_slots
+        positions = self.step_positions if self.step_positions is not None else rope_positions
+        if positions is None:
+            positions = torch.arange(layer.seen, layer.seen + q, device=device)[None]
+        valid = self.step_valid
+        valid = torch.ones(batch, q, dtype=torch.bool, device=device) if valid is None else valid.to(device)
+        self._new_slots = (positions.to(device).expand(batch, q), valid)
+        return self._new_slots
 
     def note_positions(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Record this step's positions (``[B, q]``); flags feeds that go back in time (rebuilds), which

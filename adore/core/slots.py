@@ -15,7 +15,15 @@ inference mode: buffers made by the engine (in inference mode) stay writable whe
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
+
+
+def _writable():
+    """Inference mode for the writes, entered only when the caller is not in it already (the engine
+    is, every step and layer; a context manager entered there costs more than the write it guards)."""
+    return nullcontext() if torch.is_inference_mode_enabled() else torch.inference_mode()
 
 
 def _is_prefix_view(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -52,19 +60,34 @@ class SlotStore:
         """Whether ``tensor`` is still this store's view of ``name`` (a caller may have replaced it)."""
         return tensor is not None and name in self.buffers and _is_prefix_view(tensor, self.buffers[name])
 
-    @torch.inference_mode()
-    def append(self, new: dict[str, torch.Tensor], capacity: int) -> None:
+    def append(self, new: dict[str, torch.Tensor], capacity: int) -> int:
         """Write ``new[name]`` (``[B, H, q, ...]``) after the stored slots; when they do not fit, move
-        everything to buffers of ``max(capacity, S + q)`` slots first."""
-        q = next(iter(new.values())).shape[2]
-        need = self.length + q
-        if need > self.capacity:
-            self._reallocate(max(capacity, need), new)
-        for name, tensor in new.items():
-            self.buffers[name][:, :, self.length : need] = tensor
-        self.length = need
+        everything to buffers of ``max(capacity, S + q)`` slots first. Returns the change in
+        :attr:`kv_bytes` (0 unless the buffers moved)."""
+        with _writable():
+            q = next(iter(new.values())).shape[2]
+            need = self.length + q
+            grown = 0
+            if need > self.capacity:
+                before = self.kv_bytes
+                self._reallocate(max(capacity, need), new)
+                grown = self.kv_bytes - before
+            for name, tensor in new.items():
+                self.buffers[name].narrow(2, self.length, q).copy_(tensor)
+            self.length = need
+        return grown
 
-    @torch.inference_mode()
+    def move_last_into(self, slot: torch.Tensor) -> None:
+        """One in, one out, in place: the last stored slot overwrites ``slot`` (``[B, H, 1]``, one per
+        sequence and head) in every tensor, and the stored slots shrink by one. Slot order is free
+        (masks and rankings go by position), so nothing else moves."""
+        with _writable():
+            last = self.length - 1
+            for buffer in self.buffers.values():
+                index = slot.view(*slot.shape, *([1] * (buffer.dim() - 3))).expand(*slot.shape, *buffer.shape[3:])
+                buffer.scatter_(2, index, buffer.narrow(2, last, 1).clone())
+            self.length = last
+
     def replace(self, tensors: dict[str, torch.Tensor], capacity: int) -> None:
         """Make ``tensors`` (each ``[B, H, S', ...]``, every name of the store) the stored slots.
 
@@ -73,18 +96,19 @@ class SlotStore:
         small or larger (after a long prefill is evicted down to a budget, a bounded cache gives the
         prompt's memory back).
         """
-        length = next(iter(tensors.values())).shape[2]
-        if not length <= self.capacity <= max(capacity, length):
-            self.length = 0
-            self._reallocate(max(capacity, length), tensors)
-        for name, tensor in tensors.items():
-            buffer = self.buffers[name]
-            if _is_prefix_view(tensor, buffer):
-                continue
-            if tensor.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
-                tensor = tensor.clone()  # a shifted view of the same memory: the copy would overlap
-            buffer[:, :, :length] = tensor
-        self.length = length
+        with _writable():
+            length = next(iter(tensors.values())).shape[2]
+            if not length <= self.capacity <= max(capacity, length):
+                self.length = 0
+                self._reallocate(max(capacity, length), tensors)
+            for name, tensor in tensors.items():
+                buffer = self.buffers[name]
+                if _is_prefix_view(tensor, buffer):
+                    continue
+                if tensor.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
+                    tensor = tensor.clone()  # a shifted view of the same memory: the copy would overlap
+                buffer[:, :, :length] = tensor
+            self.length = length
 
     def _reallocate(self, capacity: int, like: dict[str, torch.Tensor]) -> None:
         """New buffers of ``capacity`` slots (shaped like ``like``), keeping the stored slots."""

@@ -47,6 +47,8 @@ SPREAD_KEYS = ("decode_tok_s_p10", "decode_tok_s_p90")
 # the prefill included), and a throughput row's weight-sweep floor of its batch with the step's
 # median time over it.
 COST_KEYS = ("kv_decode_mb", "floor_ms", "step_over_floor")
+# Optional: how torch's CPU threads ran a speed row (the wait policy alone moves a step by half).
+THREAD_KEYS = ("cpu_threads", "omp_wait_policy")
 # Row keys whose values must be numbers (or null): the report sorts and plots them.
 NUMBER_KEYS = (
     "m", "R", "n_samples", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "perplexity", "prefill_tok_s",
@@ -129,10 +131,10 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def make_row(**values: Any) -> dict[str, Any]:
     """A row with every key of :data:`ROW_KEYS` (missing ones ``None``), then the optional
     :data:`STREAMED_TEXT_KEY`, :data:`THROUGHPUT_KEYS`, :data:`ACCURACY_KEY`, :data:`BEYOND_POSITIONS_KEY`,
-    :data:`CI_KEYS`, :data:`SPREAD_KEYS` and :data:`COST_KEYS` that are given, in that order; unknown keys
+    :data:`CI_KEYS`, :data:`SPREAD_KEYS`, :data:`COST_KEYS` and :data:`THREAD_KEYS` that are given, in that order; unknown keys
     are an error."""
     optional = (STREAMED_TEXT_KEY, *THROUGHPUT_KEYS, ACCURACY_KEY, BEYOND_POSITIONS_KEY, *CI_KEYS, *SPREAD_KEYS,
-                *COST_KEYS)  # fmt: skip
+                *COST_KEYS, *THREAD_KEYS)  # fmt: skip
     unknown = sorted(set(values) - set(ROW_KEYS) - set(optional))
     if unknown:
         raise KeyError(f"not result-row keys: {unknown}")

@@ -26,7 +26,9 @@ import ctypes
 import gc
 import json
 import math
+import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -399,6 +401,7 @@ class ThroughputRun:
             batch_size=point.batch_size,
             floor_ms=clean_number(1000 * floor_s, 2),
             step_over_floor=clean_number(point.step_s_p50 / floor_s, 3),
+            **(cpu_threads() if self.loaded.device.type == "cpu" else {}),
         )
         append_row(self.cfg["results_dir"], row)
         self.rows.append(row)
@@ -448,6 +451,7 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     settings = cfg["task"]
     _check_settings(settings)
     specs = method_specs(settings)
+    warn_if_shared()
     loaded = model_from_config(cfg)
     policies = _policies(cfg, loaded, specs)
     run = ThroughputRun(cfg, loaded)
@@ -572,10 +576,33 @@ def packing_gains(entries: list[dict[str, Any]]) -> dict[str, float]:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    threads = cpu_threads()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads['cpu_threads']} threads, OMP_WAIT_POLICY={threads['omp_wait_policy']}"
+    )
+
+
+def cpu_threads() -> dict[str, Any]:
+    """How torch's CPU threads ran, for every speed row. The wait policy moves a decode step by half:
+    passive threads sleep after every parallel region and pay a wake-up (~60 us here) at the next, of
+    which a step has hundreds; spinning threads do not, but collapse when another process shares the
+    cores (README, "Speed run")."""
+    return {"cpu_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+
+
+def warn_if_shared(threshold: float = 0.5) -> None:
+    """One line when the CPU is busy with other work before a speed run: its rows would time the
+    contention, not the methods (never an error: a shared machine may be all there is)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > threshold:
+        print(
+            f"warning: load average {load:.2f} before the speed run: other processes share the CPU, so "
+            "the timings will be noisy; pause them for numbers worth citing",
+            file=sys.stderr,
+        )
 
 
 def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
