@@ -17,8 +17,8 @@ from experiments.reporting.report import run_report
 MODEL = "smollm2-135m"
 
 
-def write_run(results_dir, method: str, m: int | None, rouge: np.ndarray) -> None:
-    run_dir = results_dir / "runs" / f"{method}-{m}"
+def write_run(results_dir, method: str, m: int | None, rouge: np.ndarray, model: str = MODEL) -> None:
+    run_dir = results_dir / "runs" / f"{method}-{m}-{model.replace('/', '_')}"
     run_dir.mkdir(parents=True)
     with (run_dir / "predictions.jsonl").open("w") as handle:
         for i, value in enumerate(rouge):
@@ -26,8 +26,8 @@ def write_run(results_dir, method: str, m: int | None, rouge: np.ndarray) -> Non
                       "sentence_bleu": value / 3}  # fmt: skip
             handle.write(json.dumps({"id": f"paper-{i}", "prediction": "p", "reference": "r", "scores": scores}) + "\n")
     append_row(results_dir, make_row(
-        run_id=f"{method}-{m}", task="generate", method=method, method_params={"m": m}, m=m, dataset="aclsum",
-        n_samples=len(rouge), model=MODEL, rougeL=float(rouge.mean()), bertscore_f1=40 + float(rouge.mean()),
+        run_id=run_dir.name, task="generate", method=method, method_params={"m": m}, m=m, dataset="aclsum",
+        n_samples=len(rouge), model=model, rougeL=float(rouge.mean()), bertscore_f1=40 + float(rouge.mean()),
         run_dir=str(run_dir),
     ))  # fmt: skip
 
@@ -55,3 +55,26 @@ def test_paired_tables_separate_a_worse_method_and_survive_without_run_folders(t
     shutil.rmtree(tmp_path / "runs")  # run folders are not committed
     run_report({"results_dir": str(tmp_path), "task": {"name": "report", "reference": "h2o"}})
     assert pd.read_csv(tmp_path / "tables" / "paired_aclsum.csv").to_csv(index=False) == before
+
+
+def test_base_and_adapter_views_never_share_a_cell(tmp_path):
+    """The same method and budget on the base model and on an adapter: the main table and the paired
+    table keep a part per model, each compared only with its own model's runs."""
+    adapted = f"{MODEL}+lora:K32-abc/adapter"
+    full = np.linspace(10, 40, 32)
+    write_run(tmp_path, "full", None, full)
+    write_run(tmp_path, "window", 32, full - 5)
+    write_run(tmp_path, "full", None, full + 10, model=adapted)
+    write_run(tmp_path, "window", 32, full + 8, model=adapted)
+    run_report({"results_dir": str(tmp_path), "task": {"name": "report", "reference": "h2o"}})
+
+    main = (tmp_path / "tables" / "main_aclsum.md").read_text().split("\n\n")
+    assert main[0] == f"ROUGE-L on aclsum, {MODEL}, n=32"
+    assert main[2] == f"ROUGE-L on aclsum, {adapted}, n=32"
+    assert main[1].splitlines()[3].startswith(f"| window | {np.mean(full - 5):.2f} |")
+    assert main[3].splitlines()[3].startswith(f"| window | {np.mean(full + 8):.2f} |")
+    paired = pd.read_csv(tmp_path / "tables" / "paired_aclsum.csv")
+    rouge = paired[paired["metric"] == "rougeL"].set_index("model")["difference"]
+    assert rouge[MODEL] == pytest.approx(-5.0) and rouge[adapted] == pytest.approx(-2.0)
+    markdown = (tmp_path / "tables" / "paired_aclsum.md").read_text()
+    assert markdown.startswith(f"Model: {MODEL}\n\n|") and f"\n\nModel: {adapted}\n\n|" in markdown

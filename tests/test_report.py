@@ -103,13 +103,13 @@ def test_report_writes_tables_and_figures_and_skips_a_corrupt_line(tmp_path):
     assert pd.read_csv(tables / "generate_gsm8k.csv")["accuracy"].tolist() == [4.0, 8.0]
     # The main table: a line per method variant, a column per m, full-cache methods in their own column.
     grid = (tables / "main_aclsum.md").read_text().split("\n\n")
-    assert grid[0] == "ROUGE-L on aclsum, n=4" and grid[2].startswith("BERTScore-F1")
+    assert grid[0] == "ROUGE-L on aclsum, smollm2-135m, n=4" and grid[2].startswith("BERTScore-F1")
     assert grid[1].splitlines()[0] == "| method | m=32 | m=64 | no eviction |"
     assert grid[1].splitlines()[2:] == ["| full |  |  | 20.00 |", "| window | 12.00 | 14.00 |  |",
                                         "| h2o | 14.00 | 16.00 |  |", "| adore R=0 |  | 15.50 |  |",
                                         "| adore R=4 | 15.00 | 17.00 |  |"]  # fmt: skip
     sharegpt = (tables / "main_sharegpt.md").read_text()
-    assert sharegpt.startswith("ROUGE-L on sharegpt, n=4, 95% bootstrap intervals")
+    assert sharegpt.startswith("ROUGE-L on sharegpt, smollm2-135m, n=4, 95% bootstrap intervals")
     assert "| adore R=0 scored_by=gru | 14.00 [13.00, 16.00] |" in sharegpt
     assert pd.read_csv(tables / "stream_gutenberg.csv")["perplexity"].tolist() == [25.0, 60.0]
     assert len(pd.read_csv(tables / "throughput_aclsum.csv")) == 8

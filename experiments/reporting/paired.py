@@ -134,6 +134,13 @@ def paired_frame(frame, scores, reference: str = "h2o"):
 
 
 def _markdown(table) -> str:
+    """A table per model (base and adapter views are never mixed), each under its model's name."""
+    return "\n\n".join(
+        f"Model: {model}\n\n" + _model_markdown(part) for model, part in table.groupby("model", sort=True)
+    )
+
+
+def _model_markdown(table) -> str:
     header = "| method | params | m | vs | metric | n | difference (95% CI) | p | detectable | |"
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for record in table.to_dict("records"):

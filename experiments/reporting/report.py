@@ -312,11 +312,12 @@ def write_tables(frame, out_dir: str | Path, results_dir: str | Path | None = No
     return written
 
 
-def main_table(frame, dataset: str, metric: str) -> str | None:
-    """``metric`` of every generate configuration on ``dataset`` as a grid: a line per method (and
-    variant), a column per budget m, and one for the methods that keep every token; each cell is
-    ``value [lo, hi]`` (the 95% interval). ``None`` when no row has the metric."""
-    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & frame[metric].notna()]
+def main_table(frame, dataset: str, model: str, metric: str) -> str | None:
+    """``metric`` of every generate configuration of ``model`` on ``dataset`` as a grid: a line per
+    method (and variant), a column per budget m, and one for the methods that keep every token; each
+    cell is ``value [lo, hi]`` (the 95% interval). ``None`` when no row has the metric."""
+    rows = frame[(frame["task"] == "generate") & (frame["dataset"] == dataset) & (frame["model"] == model)
+                 & frame[metric].notna()]  # fmt: skip
     if rows.empty:
         return None
     labels = _variant_labels(rows, axis=("m",))
@@ -335,17 +336,22 @@ def main_table(frame, dataset: str, metric: str) -> str | None:
               for label in _series(labels, rows)]  # fmt: skip
     with_ci = rows.get(f"{metric}_ci")
     intervals = ", 95% bootstrap intervals" if with_ci is not None and with_ci.notna().any() else ""
-    note = f"{TITLES.get(metric, metric)} on {dataset}, n={'/'.join(map(str, counts))}{intervals}"
+    note = f"{TITLES.get(metric, metric)} on {dataset}, {model}, n={'/'.join(map(str, counts))}{intervals}"
     return f"{note}\n\n" + "\n".join(lines)
 
 
 def write_main_tables(frame, out_dir: str | Path) -> list[Path]:
-    """``main_<dataset>.md``: :func:`main_table` of each quality metric the dataset's rows have."""
+    """``main_<dataset>.md``: :func:`main_table` of each quality metric the dataset's rows have, a
+    table per model (the base model first, then each adapter), so that the base and the fine-tuned
+    views sit one above the other and never share a cell."""
     written = []
     if frame.empty:
         return written
-    for dataset in sorted(frame[frame["task"] == "generate"]["dataset"].dropna().unique()):
-        parts = [table for metric in QUALITY if (table := main_table(frame, dataset, metric)) is not None]
+    generate = frame[frame["task"] == "generate"]
+    for dataset in sorted(generate["dataset"].dropna().unique()):
+        models = sorted(generate.loc[generate["dataset"] == dataset, "model"].dropna().unique())
+        parts = [table for metric in QUALITY for model in models
+                 if (table := main_table(frame, dataset, model, metric)) is not None]  # fmt: skip
         if parts:
             path = Path(out_dir) / f"main_{_slug(dataset)}.md"
             path.parent.mkdir(parents=True, exist_ok=True)
