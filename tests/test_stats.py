@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from experiments.metrics import bleu_statistics, corpus_bleu, corpus_bleu_from_statistics
-from experiments.stats import block_bootstrap_ci, bootstrap_ci, corpus_ci, half_width, paired_comparison
+from experiments.stats import (
+    block_bootstrap_ci,
+    bootstrap_ci,
+    corpus_ci,
+    half_width,
+    paired_block_comparison,
+    paired_comparison,
+)
 
 
 def test_bootstrap_of_the_mean_matches_the_exact_bootstrap_distribution():
@@ -78,3 +85,33 @@ def test_detectable_difference_shrinks_with_the_square_root_of_n():
     large = paired_comparison(np.tile(diff, 4), np.zeros(64))
     assert large.detectable == pytest.approx(small.detectable / 2, rel=0.05)
     assert half_width((1.0, 5.0)) == 2.0 and half_width(None) is None
+
+
+def test_paired_block_comparison_against_the_exact_bootstrap_and_a_worse_stream():
+    """Four blocks of a stream: the change of perplexity is exp of the NLL difference per token, and
+    its interval matches the exact bootstrap distribution (all 256 resamples of 4 blocks)."""
+    tokens = np.array([10.0, 20.0, 10.0, 16.0])
+    b = np.array([20.0, 40.0, 30.0, 35.0])  # summed NLL per block
+    a = b + np.array([1.0, 4.0, 3.0, -1.0])
+    result = paired_block_comparison(a, b, tokens, resamples=50_000, seed=2)
+    assert result.n == 4
+    assert result.difference == pytest.approx(100 * (math.exp(7.0 / 56.0) - 1))
+    diff = a - b
+    exact = [100 * (math.exp(diff[list(d)].sum() / tokens[list(d)].sum()) - 1)
+             for d in itertools.product(range(4), repeat=4)]  # fmt: skip
+    assert result.ci == pytest.approx(tuple(np.percentile(exact, [2.5, 97.5], method="inverted_cdf")), abs=0.5)
+    # The exact sign-flip distribution: all 16 sign patterns of the 4 block differences.
+    flips = [abs(np.dot(signs, diff)) for signs in itertools.product((-1.0, 1.0), repeat=4)]
+    assert result.p_value == pytest.approx(np.mean(np.array(flips) >= abs(diff.sum())), abs=0.02)
+
+    rng = np.random.default_rng(0)
+    counts = np.full(36, 256.0)
+    base = rng.normal(3.5, 0.3, size=36) * counts
+    noise = rng.normal(0, 0.05, size=36) * counts
+    same = paired_block_comparison(base + noise, base, counts)
+    worse = paired_block_comparison(base + noise + 0.02 * counts, base, counts)
+    much_worse = paired_block_comparison(base + noise + 0.1 * counts, base, counts)
+    assert not same.significant and much_worse.significant
+    assert much_worse.p_value <= worse.p_value < same.p_value
+    assert much_worse.ci[0] > 0 and same.ci[0] < 0 < same.ci[1]
+    assert paired_block_comparison([1.0], [1.0], [4.0]) is None

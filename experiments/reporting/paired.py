@@ -14,11 +14,13 @@ Run folders are not committed, so the per-sample scores are also kept in
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from experiments.infra.results import STREAMED_TEXT_KEY
 from experiments.scoring import SAMPLE_METRICS
-from experiments.stats import paired_comparison
+from experiments.stats import paired_block_comparison, paired_comparison
 
 #: Per-sample metrics compared, where both runs have them.
 PAIRED_METRICS = ("rougeL", "bertscore_f1", "exact_match")
@@ -133,55 +135,138 @@ def paired_frame(frame, scores, reference: str = "h2o"):
     return pd.DataFrame(out)
 
 
-def _markdown(table) -> str:
+def _blocks(windows: list[dict[str, float]] | None) -> dict[tuple[int, int], float]:
+    """A stream's windows as ``{(start, tokens): summed NLL}`` (a window's perplexity is
+    ``exp(mean NLL)`` over its tokens)."""
+    return {(int(w["start"]), int(w["tokens"])): int(w["tokens"]) * math.log(w["perplexity"])
+            for w in windows or [] if w.get("tokens")}  # fmt: skip
+
+
+def paired_stream_frame(frame, windows: dict[Any, list[dict[str, float]] | None], reference: str = "h2o"):
+    """One record per (stream row, opponent): ``full`` (any budget) and ``reference`` at the same
+    ``m``, on the same text and length, compared over the windows both runs have (the same tokens).
+    ``windows`` maps a run_id to its per-window perplexities. The difference is the change of the
+    method's perplexity over the opponent's, in percent (:func:`paired_block_comparison`)."""
+    import pandas as pd
+
+    out = []
+    rows = frame[frame["task"] == "stream"] if not frame.empty else frame
+    if rows.empty:
+        return pd.DataFrame(out)
+    keys = ["dataset", STREAMED_TEXT_KEY, "context_length", "model"]
+    for (dataset, text, context, model), group in rows.groupby(keys, sort=True, dropna=False):
+        for _, row in group.iterrows():
+            mine = _blocks(windows.get(row["run_id"]))
+            for opponent in ("full", reference):
+                candidates = group[group["method"] == opponent]
+                if opponent != "full":
+                    candidates = candidates[candidates["m"] == row["m"]]
+                partners = [(_blocks(windows.get(c["run_id"])), c) for _, c in candidates.iterrows()]
+                partners = [(blocks, c) for blocks, c in partners if c["run_id"] != row["run_id"]]
+                if row["method"] == opponent or not mine or not partners:
+                    continue
+                theirs, partner = max(partners, key=lambda pair: len(mine.keys() & pair[0].keys()))
+                shared = sorted(mine.keys() & theirs.keys())
+                result = paired_block_comparison([mine[k] for k in shared], [theirs[k] for k in shared],
+                                                 [k[1] for k in shared])  # fmt: skip
+                if result is None:
+                    continue
+                out.append({"dataset": dataset, "text": text, "context_length": context, "model": model,
+                            "method": row["method"], "params": row["params"], "m": row["m"], "versus": opponent,
+                            "perplexity": row["perplexity"], "versus_perplexity": partner["perplexity"],
+                            "windows": result.n, "change_pct": result.difference, "ci_lo": result.ci[0],
+                            "ci_hi": result.ci[1], "p_value": result.p_value, "detectable": result.detectable,
+                            "significant": result.significant})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _by_model(table, render) -> str:
     """A table per model (base and adapter views are never mixed), each under its model's name."""
-    return "\n\n".join(
-        f"Model: {model}\n\n" + _model_markdown(part) for model, part in table.groupby("model", sort=True)
-    )
+    return "\n\n".join(f"Model: {model}\n\n" + render(part) for model, part in table.groupby("model", sort=True))
 
 
-def _model_markdown(table) -> str:
+def _verdict(record: dict[str, Any]) -> str:
+    return "differs" if record["significant"] else "no detectable difference"
+
+
+def _budget(record: dict[str, Any]) -> Any:
+    return "-" if record["m"] != record["m"] or record["m"] is None else int(record["m"])
+
+
+def _generate_markdown(table) -> str:
     header = "| method | params | m | vs | metric | n | difference (95% CI) | p | detectable | |"
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for record in table.to_dict("records"):
-        m = "-" if record["m"] != record["m"] or record["m"] is None else int(record["m"])
         half = (record["ci_hi"] - record["ci_lo"]) / 2
-        verdict = "differs" if record["significant"] else "no detectable difference"
         lines.append(
-            f"| {record['method']} | {record['params']} | {m} | {record['versus']} | {record['metric']} | "
-            f"{record['n']} | {record['difference']:+.2f} ± {half:.2f} | {record['p_value']:.3f} | "
-            f"{record['detectable']:.2f} | {verdict} |"
+            f"| {record['method']} | {record['params']} | {_budget(record)} | {record['versus']} | "
+            f"{record['metric']} | {record['n']} | {record['difference']:+.2f} ± {half:.2f} | "
+            f"{record['p_value']:.3f} | {record['detectable']:.2f} | {_verdict(record)} |"
         )
     return "\n".join(lines)
 
 
-def write_paired_tables(paired, out_dir: str | Path) -> list[Path]:
-    """``paired_<dataset>.md``, ``.tex`` and ``.csv``: the paired comparisons of each dataset. The
-    Markdown ends with the power note: "no detectable difference" means the difference was smaller
-    than the run could see, not that there is none."""
+def _stream_markdown(table) -> str:
+    header = "| text | tokens | method | params | m | vs | perplexity | vs perplexity | windows | change % (95% CI) | p | detectable % | |"
+    lines = [header, "|" + "---|" * 13]
+    for record in table.to_dict("records"):
+        context = record["context_length"]
+        tokens = "-" if context != context or context is None else int(context)
+        lines.append(
+            f"| {record['text']} | {tokens} | {record['method']} | {record['params']} | {_budget(record)} | "
+            f"{record['versus']} | {record['perplexity']:.2f} | {record['versus_perplexity']:.2f} | "
+            f"{record['windows']} | {record['change_pct']:+.1f} [{record['ci_lo']:+.1f}, {record['ci_hi']:+.1f}] | "
+            f"{record['p_value']:.3f} | {record['detectable']:.1f} | {_verdict(record)} |"
+        )
+    return "\n".join(lines)
+
+
+_GENERATE_NOTE = (
+    "Differences are the method minus `vs`, per sample, on the samples both ran (0-100 scales). "
+    "p: two-sided sign-flip permutation test. detectable: the smallest true difference these "
+    "samples would detect four times in five (alpha 0.05); a smaller one reads as "
+    '"no detectable difference", which is not evidence of no difference.'
+)
+_STREAM_NOTE = (
+    "change %: the method's perplexity over `vs`'s on the same tokens, minus one, in percent, from "
+    "the windows both runs have; its interval resamples windows (the same ones for both methods). "
+    "p: two-sided sign-flip permutation test over windows. detectable %: the smallest true change "
+    "these windows would detect four times in five (alpha 0.05); a smaller one reads as "
+    '"no detectable difference", which is not evidence of no difference.'
+)
+
+
+def _write(paired, out_dir: str | Path, prefix: str, render, note: str, what: str) -> list[Path]:
+    """``<prefix>_<dataset>.md``, ``.tex`` and ``.csv`` for each dataset of ``paired``."""
     out = Path(out_dir)
     written: list[Path] = []
     if paired.empty:
         return written
     out.mkdir(parents=True, exist_ok=True)
     for dataset, table in paired.groupby("dataset", sort=True):
-        stem = out / f"paired_{_slug(dataset)}"
+        stem = out / f"{prefix}_{_slug(dataset)}"
         table.to_csv(stem.with_suffix(".csv"), index=False)
-        note = (
-            "\n\nDifferences are the method minus `vs`, per sample, on the samples both ran (0-100 scales). "
-            "p: two-sided sign-flip permutation test. detectable: the smallest true difference these "
-            "samples would detect four times in five (alpha 0.05); a smaller one reads as "
-            '"no detectable difference", which is not evidence of no difference.'
-        )
-        stem.with_suffix(".md").write_text(_markdown(table) + note + "\n")
-        shown = table.assign(difference=table["difference"].round(2), ci_lo=table["ci_lo"].round(2),
-                             ci_hi=table["ci_hi"].round(2), p_value=table["p_value"].round(3),
-                             detectable=table["detectable"].round(2)).drop(columns=["dataset"])  # fmt: skip
+        stem.with_suffix(".md").write_text(_by_model(table, render) + "\n\n" + note + "\n")
+        numbers = table.select_dtypes("number").columns
+        shown = table.assign(**{c: table[c].round(3) for c in numbers}).drop(columns=["dataset"])
         latex = (
             shown.style.hide(axis="index")
             .format(escape="latex", precision=2)
-            .to_latex(hrules=True, caption=f"Paired comparisons on {dataset}".replace("_", r"\_"), position="htbp")
+            .to_latex(hrules=True, caption=f"{what} on {dataset}".replace("_", r"\_"), position="htbp")
         )
         stem.with_suffix(".tex").write_text(latex)
         written += [stem.with_suffix(suffix) for suffix in (".md", ".tex", ".csv")]
     return written
+
+
+def write_paired_tables(paired, out_dir: str | Path) -> list[Path]:
+    """``paired_<dataset>.md``, ``.tex`` and ``.csv``: the paired comparisons of each dataset. The
+    Markdown ends with the power note: "no detectable difference" means the difference was smaller
+    than the run could see, not that there is none."""
+    return _write(paired, out_dir, "paired", _generate_markdown, _GENERATE_NOTE, "Paired comparisons")
+
+
+def write_paired_stream_tables(paired, out_dir: str | Path) -> list[Path]:
+    """``paired_stream_<dataset>.md``, ``.tex`` and ``.csv``: each stream run against ``full`` and the
+    reference method on the same tokens, with the same power note."""
+    return _write(paired, out_dir, "paired_stream", _stream_markdown, _STREAM_NOTE, "Paired stream comparisons")

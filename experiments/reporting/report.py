@@ -12,6 +12,9 @@ then writes::
                                                            intervals (the README's main tables)
     <results_dir>/tables/stream_windows_<dataset>.csv      the stream runs' per-window perplexities (the
                                                            streaming figure's data, kept with the tables)
+    <results_dir>/tables/paired_<dataset>.md | .tex | .csv         each generate run against full and the
+                                                                   reference, per sample (paired.py)
+    <results_dir>/tables/paired_stream_<dataset>.md | .tex | .csv  each stream run against them, per window
     <results_dir>/figures/<figure>_<dataset>_<model>.png | .pdf
         quality_vs_m           ROUGE-L, BERTScore-F1 (and accuracy) against the budget m, a line per method
         <method>_vs_<param>    a method's quality and decode tok/s against any swept parameter
@@ -40,7 +43,14 @@ from adore.core.plotting import new_figure
 from adore.methods import available_methods, method_class
 from experiments.infra.results import CI_KEYS, RUNS_FILE, STREAMED_TEXT_KEY, read_rows
 from experiments.infra.tasks import all_tasks, register_task
-from experiments.reporting.paired import paired_frame, sample_scores, write_paired_tables, write_sample_tables
+from experiments.reporting.paired import (
+    paired_frame,
+    paired_stream_frame,
+    sample_scores,
+    write_paired_stream_tables,
+    write_paired_tables,
+    write_sample_tables,
+)
 from experiments.stats import half_width
 
 COLUMNS = (
@@ -787,6 +797,9 @@ def run_report(cfg: dict[str, Any]) -> str:
     scores = sample_scores(frame, results_dir)
     tables += write_sample_tables(scores, results_dir)
     tables += write_paired_tables(paired_frame(frame, scores, reference), results_dir / "tables")
+    streams = frame[frame["task"] == "stream"] if not frame.empty else frame
+    windows = {row["run_id"]: _windows(row, results_dir) for _, row in streams.iterrows()}
+    tables += write_paired_stream_tables(paired_stream_frame(frame, windows, reference), results_dir / "tables")
     figures, skipped = build_figures(frame, results_dir)
     saved = save_figures(figures, results_dir / "figures")
     print(
