@@ -279,3 +279,22 @@ def test_streams_of_different_texts_or_lengths_never_share_a_line_or_a_curve(tmp
     for axis, (text, tokens) in zip(figure.axes, (("-", 0), ("hamlet", 32), ("hamlet", 64), ("lear", 64)), strict=True):
         starts = {line.get_label(): line.get_ydata()[0] for line in axis.get_lines()}
         assert starts == {method: ppl for t, n, method, ppl in specs if ((t or "-"), n or 0) == (text, tokens)}
+
+
+def test_saved_figures_are_the_same_bytes_on_a_rerun(tmp_path):
+    """A report rerun on the same rows rewrites its PDFs byte for byte (no creation date), so
+    committed figures change only when their data does."""
+    import time
+
+    import matplotlib.pyplot as plt
+
+    from experiments.reporting.report import save_figures
+
+    figure, axis = plt.subplots()
+    axis.plot([1, 2, 3], [3, 1, 2])
+    first = save_figures({"f": figure}, tmp_path / "a")
+    time.sleep(1.1)  # a creation date, if written, would now differ
+    second = save_figures({"f": figure}, tmp_path / "b")
+    plt.close(figure)
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name

@@ -755,12 +755,13 @@ def build_figures(frame, results_dir: str | Path) -> tuple[dict[str, Any], list[
 
 
 def save_figures(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Each figure as ``<stem>.png`` (150 dpi) and ``<stem>.pdf``."""
+    """Each figure as ``<stem>.png`` (150 dpi) and ``<stem>.pdf``. The PDF carries no creation date,
+    so the same rows give the same bytes and a rerun of the report adds no churn to the history."""
     out = Path(out_dir)
     written: list[Path] = []
     for stem, figure in figures.items():
         out.mkdir(parents=True, exist_ok=True)
-        for suffix, options in ((".png", {"dpi": 150}), (".pdf", {})):
+        for suffix, options in ((".png", {"dpi": 150}), (".pdf", {"metadata": {"CreationDate": None}})):
             figure.savefig(out / f"{stem}{suffix}", **options)
             written.append(out / f"{stem}{suffix}")
     return written
