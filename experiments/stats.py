@@ -141,32 +141,41 @@ def paired_block_comparison(
     a_nll: Sequence[float],
     b_nll: Sequence[float],
     tokens: Sequence[float],
+    block: int = 1,
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> PairedComparison | None:
-    """Two methods streamed over the same tokens, compared block by block.
+    """Two methods streamed over the same tokens, compared window by window.
 
-    ``a_nll`` and ``b_nll`` ``[blocks]``: each method's summed NLL over the same blocks of ``tokens``
-    ``[blocks]`` tokens. The difference is the change of a's perplexity over b's in percent,
-    ``100 * (exp((sum a - sum b) / sum tokens) - 1)``; its interval resamples blocks (the same ones
-    for both methods), the p-value flips the sign of each block's difference, and ``detectable`` is
-    :data:`_DETECTABLE_SE` bootstrap standard errors of the log ratio, as a percentage. ``None``
-    with fewer than two blocks."""
+    ``a_nll`` and ``b_nll`` ``[windows]``: each method's summed NLL over the same consecutive windows
+    of ``tokens`` ``[windows]`` tokens. The difference is the change of a's perplexity over b's in
+    percent, ``100 * (exp((sum a - sum b) / sum tokens) - 1)``.
+
+    An evicting cache carries its state from one window to the next, so neighbouring windows'
+    differences are correlated: the interval is a moving-block bootstrap (runs of ``block``
+    consecutive windows, the same runs for both methods), the p-value flips the sign of each
+    non-overlapping run of ``block`` windows, and ``detectable`` is :data:`_DETECTABLE_SE` bootstrap
+    standard errors of the log ratio, as a percentage. ``None`` with fewer than two runs, or when a
+    window's NLL is not finite (a NaN would otherwise read as a certain difference)."""
     diff = np.asarray(a_nll, dtype=np.float64) - np.asarray(b_nll, dtype=np.float64)
     counts = np.asarray(tokens, dtype=np.float64)
     n = len(diff)
-    if n < 2:
+    block = max(1, min(int(block), n))
+    runs = -(-n // block)  # non-overlapping runs, the last one possibly shorter
+    if runs < 2 or not np.isfinite(diff).all():
         return None
     log_ratio = float(diff.sum() / counts.sum())
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    resampled = diff[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    starts = rng.integers(0, n - block + 1, size=(resamples, runs))
+    picked = (starts[..., None] + np.arange(block)).reshape(resamples, -1)  # [resamples, runs * block]
+    resampled = diff[picked].sum(axis=1) / counts[picked].sum(axis=1)
     lo, hi = _percentile_interval(100 * np.expm1(resampled), CONFIDENCE)
-    signs = np.random.default_rng(seed + 1).choice((-1.0, 1.0), size=(resamples, n))
-    flipped = np.abs((signs * diff).sum(axis=1))
+    run_sums = np.add.reduceat(diff, np.arange(0, n, block))
+    signs = np.random.default_rng(seed + 1).choice((-1.0, 1.0), size=(resamples, runs))
+    flipped = np.abs(signs @ run_sums)
     p_value = float((np.sum(flipped >= abs(diff.sum()) - 1e-12) + 1) / (resamples + 1))
     detectable = float(100 * np.expm1(_DETECTABLE_SE * resampled.std(ddof=1)))
-    return PairedComparison(n, float(100 * np.expm1(log_ratio)), (lo, hi), p_value, detectable)
+    return PairedComparison(runs, float(100 * np.expm1(log_ratio)), (lo, hi), p_value, detectable)
 
 
 def half_width(ci: Sequence[float] | None) -> float | None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adore import BudgetViolation, DecodingEngine, PolicyCache
+from adore.core.errors import ConfigError
 from adore.methods import build_policy
 from baselines.window import WindowAttention
 from tests.conftest import random_prompts, tiny_llama
@@ -165,3 +166,16 @@ def test_storage_is_written_in_place(tiny_model):
             engine.forward(cache, torch.tensor([[7]]), torch.tensor([[20 + step]]))
             assert [layer.slots.buffers["keys"].data_ptr() for layer in cache.layers] == buffers, (method, step)
             assert all(layer.keys.data_ptr() == buffer for layer, buffer in zip(cache.layers, buffers, strict=True))
+
+
+def test_reorders_that_would_strand_slot_positions_are_refused(tiny_model):
+    """transformers' beam search and assisted decoding move keys and values only: a filled policy
+    cache refuses them with one line, an empty one lets them pass (nothing to move)."""
+    engine = DecodingEngine(tiny_model, build_policy("h2o", m=8))
+    cache = engine.new_cache()
+    cache.reorder_cache(torch.tensor([0]))  # empty: a no-op, as in DynamicCache
+    engine.forward(cache, torch.tensor([random_prompts([12])[0]]), torch.arange(12)[None])
+    for call in (lambda: cache.reorder_cache(torch.tensor([0])), lambda: cache.batch_select_indices(torch.tensor([0])),
+                 lambda: cache.batch_repeat_interleave(2), lambda: cache.crop(-2)):  # fmt: skip
+        with pytest.raises(ConfigError, match="not supported with a KV policy cache"):
+            call()

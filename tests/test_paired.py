@@ -85,18 +85,18 @@ def test_stream_runs_are_paired_window_by_window(tmp_path):
     """Stream rows on the same text and length: each method against full and the reference at the
     same m, over the windows both have; the change of perplexity matches the windows by hand."""
     rng = np.random.default_rng(1)
-    starts = range(0, 16 * 64, 64)
-    full = rng.uniform(2.5, 3.5, size=16)  # mean NLL per window
+    starts = range(0, 48 * 256, 256)
+    full = rng.uniform(2.5, 3.5, size=48)  # mean NLL per window
     runs = {"full": (None, full), "h2o": (128, full + 0.30), "window": (128, full + 1.0),
-            "adore": (128, full + 0.30 + rng.normal(0, 0.02, size=16))}  # fmt: skip
+            "adore": (128, full + 0.30 + rng.normal(0, 0.02, size=48))}  # fmt: skip
     for method, (m, nll) in runs.items():
         run_dir = tmp_path / "runs" / f"stream-{method}"
         run_dir.mkdir(parents=True)
-        windows = [{"start": s, "tokens": 64, "perplexity": math.exp(v)} for s, v in zip(starts, nll, strict=True)]
+        windows = [{"start": s, "tokens": 256, "perplexity": math.exp(v)} for s, v in zip(starts, nll, strict=True)]
         (run_dir / "windows.json").write_text(json.dumps(windows))
         append_row(tmp_path, make_row(
             run_id=run_dir.name, task="stream", method=method, method_params={"m": m}, m=m, dataset="gutenberg",
-            text="hamlet", context_length=1024, n_samples=1, model=MODEL, perplexity=math.exp(float(nll.mean())),
+            text="hamlet", context_length=48 * 256, n_samples=1, model=MODEL, perplexity=math.exp(float(nll.mean())),
             run_dir=str(run_dir),
         ))  # fmt: skip
     run_report({"results_dir": str(tmp_path), "task": {"name": "report", "reference": "h2o"}})
@@ -106,7 +106,11 @@ def test_stream_runs_are_paired_window_by_window(tmp_path):
                                     ("window", "h2o")]  # fmt: skip
     by_hand = 100 * (math.exp(float(np.mean(runs["window"][1] - full))) - 1)
     assert paired.loc[("window", "full"), "change_pct"] == pytest.approx(by_hand)
-    assert paired.loc[("window", "full"), "windows"] == 16 and paired.loc[("window", "h2o"), "significant"]
+    # 48 windows of 256 tokens, resampled in runs of 4 (1,024 tokens): 12 blocks.
+    assert paired.loc[("window", "full"), "windows"] == 48 and paired.loc[("window", "full"), "blocks"] == 12
+    assert (
+        paired.loc[("window", "h2o"), "significant"] and paired.loc[("window", "h2o"), "versus_run_id"] == "stream-h2o"
+    )
     assert not paired.loc[("adore", "h2o"), "significant"]
     assert paired.loc[("adore", "h2o"), "ci_lo"] < 0 < paired.loc[("adore", "h2o"), "ci_hi"]
     markdown = (tmp_path / "tables" / "paired_stream_gutenberg.md").read_text()

@@ -298,3 +298,18 @@ def test_saved_figures_are_the_same_bytes_on_a_rerun(tmp_path):
     plt.close(figure)
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_speed_rows_under_another_wait_policy_are_kept_beside_each_other():
+    """The same speed point measured under PASSIVE and ACTIVE is two measurements: both stay, while a
+    rerun under the same policy replaces the older row."""
+    from experiments.reporting.report import latest_rows
+
+    def row(run_id: str, policy: str, tok_s: float) -> dict:
+        return make_row(run_id=run_id, task="throughput", method="window", method_params={"m": 128}, m=128,
+                        dataset="hamlet", n_samples=1, model="smollm2-135m", decode_tok_s=tok_s,
+                        context_length=1024, batch_size=1, cpu_threads=2, omp_wait_policy=policy)  # fmt: skip
+
+    rows = [row("a", "PASSIVE", 18.0), row("b", "ACTIVE", 28.0), row("c", "PASSIVE", 19.0)]
+    kept = latest_rows(rows, task="throughput")
+    assert sorted((r["omp_wait_policy"], r["decode_tok_s"]) for r in kept) == [("ACTIVE", 28.0), ("PASSIVE", 19.0)]

@@ -115,3 +115,21 @@ def test_paired_block_comparison_against_the_exact_bootstrap_and_a_worse_stream(
     assert much_worse.p_value <= worse.p_value < same.p_value
     assert much_worse.ci[0] > 0 and same.ci[0] < 0 < same.ci[1]
     assert paired_block_comparison([1.0], [1.0], [4.0]) is None
+    assert paired_block_comparison([1.0, float("nan"), 2.0], [1.0, 1.0, 1.0], [4.0] * 3) is None
+
+
+def test_paired_block_comparison_widens_for_correlated_windows():
+    """Differences that persist over neighbouring windows (a cache state carried along the stream):
+    runs of 4 windows give a wider interval and a larger p than treating windows as independent,
+    and the p-value floor follows the number of runs."""
+    rng = np.random.default_rng(3)
+    slow = np.repeat(rng.normal(0.05, 0.3, size=12), 4)  # the same difference for 4 windows at a time
+    counts = np.full(48, 256.0)
+    b = rng.normal(3.5, 0.2, size=48) * counts
+    a = b + slow * counts
+    single = paired_block_comparison(a, b, counts, block=1)
+    runs = paired_block_comparison(a, b, counts, block=4)
+    assert runs.n == 12 and single.n == 48
+    assert runs.difference == pytest.approx(single.difference)
+    assert (runs.ci[1] - runs.ci[0]) > 1.3 * (single.ci[1] - single.ci[0])
+    assert runs.p_value > single.p_value and runs.detectable > single.detectable

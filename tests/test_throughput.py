@@ -151,3 +151,16 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     table = (folder / "table.md").read_text()
     assert refresh(folder) == table  # rebuilt from the rows and summary.json alone
     assert (folder / "packing.png").is_file() and (folder / "tok_s_vs_context.png").is_file()
+
+
+def test_decode_rate_spread_stays_between_the_measured_steps():
+    """p10/p90 of the per-step rate come from the measured steps: a few steps with one slow outlier
+    must not extrapolate the p10 below the slowest step's rate (or below zero)."""
+    from experiments.tasks.throughput import Measurement
+
+    steps = [0.010, 0.011, 0.012, 0.500]  # batch 2: rates 200, 181.8, 166.7 and 4 tokens/s
+    point = Measurement(prefill_s=0.1, step_s=steps, batch_size=2, prompt_tokens=8, kv_bytes=0, kv_decode_bytes=0,
+                        peak_mem_mb=0.0)  # fmt: skip
+    p10, p90 = point.decode_tok_s_spread()
+    rates = sorted(2 / s for s in steps)
+    assert rates[0] <= p10 <= rates[1] and rates[-2] <= p90 <= rates[-1]

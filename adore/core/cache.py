@@ -152,8 +152,8 @@ class PolicyLayer(DynamicLayer):
         new_pos, new_valid = self.owner.new_slots(self, B, q, forwarded.get("position_ids"), key_states.device)
         stored = self.keys.shape[2]
 
-        # Replaced from outside (DynamicLayer's reorder_cache or batch_select_indices swap keys and
-        # values together): adopt them into the buffers.
+        # Replaced from outside with the same slots (moved by an offloading cache): adopt them into
+        # the buffers. Reorders that would leave positions and policy state behind are refused below.
         if stored and not (self.slots.holds("keys", self.keys) and self.slots.holds("values", self.values)):
             self._store(self._slot_views())
         new = {"keys": key_states, "values": value_states, "positions": new_pos[:, None].expand(B, H, q),
@@ -227,6 +227,28 @@ class PolicyLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.seen
+
+    # transformers reorders a layer by swapping its keys and values only (beam search, contrastive
+    # search, assisted decoding). Each slot's position and validity, the policy's extras and its
+    # per-sequence state (ADORE's controller, H2O's scores) would stay behind: refused, not run wrongly.
+    def _refuse_reorder(self, what: str) -> None:
+        if self.stored:
+            raise ConfigError(
+                f"{what} is not supported with a KV policy cache (its slot positions and policy state would "
+                "not follow the keys); decode with num_beams=1 and without assistant models"
+            )
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._refuse_reorder("beam search (reorder_cache)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._refuse_reorder("selecting sequences of a filled cache (batch_select_indices)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._refuse_reorder("repeating sequences of a filled cache (batch_repeat_interleave)")
+
+    def crop(self, max_length: int) -> None:
+        self._refuse_reorder("cropping a filled cache (crop)")
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         stored = self.keys.shape[2] if self.is_initialized else 0
@@ -420,11 +442,13 @@ class PolicyCache(Cache):
         and the ``position_ids`` RoPE must see."""
         input_ids, positions, valid = self.policy.prepare_step(self, input_ids, positions, valid)
         self.step_positions, self.step_valid = positions, valid
+        self._new_slots = None  # worked out afresh by this step's first layer
         return input_ids, self.policy.rope_position_ids(self, positions)
 
     def end_step(self) -> None:
         """After a forward: uniform eviction, then the budget assertion."""
         self.step_positions = self.step_valid = None
+        self._new_slots = None
         if self.policy.uniform:
             self.evict_uniform()
         self.check_budget()

@@ -7,8 +7,8 @@ than the attention that reads it, and it allocates a fresh tensor per layer and 
 tensor lives in a buffer of ``capacity >= S`` slots; the stored tensors are the prefix views
 ``buffer[:, :, :S]``. A bounded cache gets a fixed buffer of its budget plus one step's tokens, so its
 steps allocate nothing; an unbounded one grows in amortised chunks (or once, to a length the engine
-announces). Views are never reallocated behind a caller's back within a forward: only ``append`` and
-``replace`` move data, and both are called by the layer between attention calls. Writes run in
+announces). Views are never reallocated behind a caller's back within a forward: only ``append``,
+``replace`` and ``move_last_into`` move data, and the layer calls them between attention calls. Writes run in
 inference mode: buffers made by the engine (in inference mode) stay writable when a caller outside it,
 ``model.generate`` under ``no_grad`` or a test, drives the cache.
 """

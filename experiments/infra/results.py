@@ -53,9 +53,9 @@ THREAD_KEYS = ("cpu_threads", "omp_wait_policy")
 NUMBER_KEYS = (
     "m", "R", "n_samples", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "perplexity", "prefill_tok_s",
     "decode_tok_s", "ms_per_token_p50", "ms_per_token_p90", "peak_mem_mb", "kv_cache_mb", "wall_s",
-    *THROUGHPUT_KEYS, ACCURACY_KEY, *COST_KEYS,
+    *THROUGHPUT_KEYS, ACCURACY_KEY, *COST_KEYS, "cpu_threads",
 )  # fmt: skip
-TEXT_KEYS = ("task", "method", "dataset", "model", STREAMED_TEXT_KEY)
+TEXT_KEYS = ("task", "method", "dataset", "model", STREAMED_TEXT_KEY, "omp_wait_policy")
 # Config keys added after rows were written, at the default that keeps the earlier behaviour: left out
 # of the hash at that default, so earlier rows keep their hash.
 # Settings added after rows were written: at these defaults (by key path) they leave a row's hash as

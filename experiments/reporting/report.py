@@ -41,7 +41,7 @@ from typing import Any
 from adore import ConfigError
 from adore.core.plotting import new_figure
 from adore.methods import available_methods, method_class
-from experiments.infra.results import CI_KEYS, RUNS_FILE, STREAMED_TEXT_KEY, read_rows
+from experiments.infra.results import CI_KEYS, RUNS_FILE, STREAMED_TEXT_KEY, THREAD_KEYS, read_rows
 from experiments.infra.tasks import all_tasks, register_task
 from experiments.reporting.paired import (
     paired_frame,
@@ -71,6 +71,7 @@ TITLES = {
     "perplexity": "perplexity", "context_length": "context", "batch_size": "batch",
     "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ms_per_token_p50": "ms/token p50",
     "peak_mem_mb": "peak MB", "kv_cache_mb": "KV MB", "kv_decode_mb": "decode KV MB",
+    "omp_wait_policy": "OMP wait",
 }  # fmt: skip
 AXIS_LABELS = {
     "rougeL": "ROUGE-L F1 (0-100)", "bertscore_f1": "BERTScore-F1 (0-100)", "bleu": "BLEU (0-100)",
@@ -101,14 +102,15 @@ _REFERENCE_STYLES = {"-": "--", "--": ":", "-.": "-.", ":": (0, (1, 4))}  # hori
 
 def latest_rows(rows: list[dict[str, Any]], task: str | None = "generate") -> list[dict[str, Any]]:
     """Keep the newest row of each (task, method, params, dataset, streamed text, model, n_samples,
-    context, batch), in first-seen order; ``task=None`` keeps every task."""
+    context, batch, CPU threads and wait policy), in first-seen order; ``task=None`` keeps every task.
+    (A speed run under another OpenMP wait policy is another measurement, not a newer one.)"""
     latest: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         if task and row.get("task") != task:
             continue
         key = (row.get("task"), row.get("method"), str(method_params(row)), row.get("dataset"),
                row.get(STREAMED_TEXT_KEY), row.get("model"), row.get("n_samples"), row.get("context_length"),
-               row.get("batch_size"))  # fmt: skip
+               row.get("batch_size"), *(row.get(k) for k in THREAD_KEYS))  # fmt: skip
         latest.pop(key, None)
         latest[key] = row
     return list(latest.values())
@@ -358,10 +360,11 @@ def write_main_tables(frame, out_dir: str | Path) -> list[Path]:
     if frame.empty:
         return written
     generate = frame[frame["task"] == "generate"]
+    generate = generate.assign(model=generate["model"].fillna("-"))  # a row without a model still shows
     for dataset in sorted(generate["dataset"].dropna().unique()):
-        models = sorted(generate.loc[generate["dataset"] == dataset, "model"].dropna().unique())
+        models = sorted(generate.loc[generate["dataset"] == dataset, "model"].unique())
         parts = [table for metric in QUALITY for model in models
-                 if (table := main_table(frame, dataset, model, metric)) is not None]  # fmt: skip
+                 if (table := main_table(generate, dataset, model, metric)) is not None]  # fmt: skip
         if parts:
             path = Path(out_dir) / f"main_{_slug(dataset)}.md"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,10 +383,11 @@ def _variant_labels(rows, axis: tuple[str, ...]) -> dict[Any, str]:
     labels: dict[Any, str] = {}
     for method, group in rows.groupby("method", sort=False):
         records = group.to_dict("records")
+        policies = [r.get("omp_wait_policy") for r in records]  # speed rows: a run under each policy
         params = [
             {**{k: v for k, v in method_params(r).items() if k not in _LABEL_HIDDEN and k not in axis},
-             "n": r.get("n_samples")}
-            for r in records
+             "n": r.get("n_samples"), "omp": policy if isinstance(policy, str) else None}
+            for r, policy in zip(records, policies, strict=True)
         ]  # fmt: skip
         buckets: dict[str, list[dict[str, Any]]] = {}
         for record, p in zip(records, params, strict=True):

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -224,11 +225,12 @@ class Measurement:
 
     def decode_tok_s_spread(self) -> tuple[float | None, float | None]:
         """p10 and p90 of the per-step decode rate (tokens/s) over every timed step of every repeat:
-        how much of the mean a shared machine's noise could move."""
+        how much of the mean a shared machine's noise could move. Interpolated between measured steps
+        (``statistics.quantiles``' default extrapolates past the slowest of a few steps, below zero)."""
         if len(self.step_s) < 2:
             return None, None
-        p10, p90 = statistics.quantiles([self.batch_size / s for s in self.step_s], n=10)[0::8]
-        return p10, p90
+        p10, p90 = np.percentile([self.batch_size / s for s in self.step_s], [10, 90])
+        return float(p10), float(p90)
 
 
 class _StampEachToken:
@@ -440,10 +442,15 @@ def _grid(settings: dict[str, Any]) -> Iterator[tuple[int, int]]:
                 yield context_length, batch_size
 
 
+# The table's columns: the wait policy beside the point, since it moves a CPU step by half.
+THROUGHPUT_METRICS = ("context_length", "batch_size", "omp_wait_policy", "prefill_tok_s", "decode_tok_s",
+                      "peak_mem_mb", "kv_cache_mb")  # fmt: skip
+
+
 # Not resumable: a run writes one row per method, context and batch it measures.
 @register_task(
     "throughput",
-    metrics=("context_length", "batch_size", "prefill_tok_s", "decode_tok_s", "peak_mem_mb", "kv_cache_mb"),
+    metrics=THROUGHPUT_METRICS,
 )
 def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Measure the grid, the roofline and (optionally) packing; write rows, ``summary.json``,
@@ -451,8 +458,9 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     settings = cfg["task"]
     _check_settings(settings)
     specs = method_specs(settings)
-    warn_if_shared()
     loaded = model_from_config(cfg)
+    if loaded.device.type == "cpu":
+        warn_if_shared()
     policies = _policies(cfg, loaded, specs)
     run = ThroughputRun(cfg, loaded)
     (run.run_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
@@ -594,10 +602,13 @@ def cpu_threads() -> dict[str, Any]:
 
 
 def warn_if_shared(threshold: float = 0.5) -> None:
-    """One line when the CPU is busy with other work before a speed run: its rows would time the
-    contention, not the methods (never an error: a shared machine may be all there is)."""
+    """One line when the CPU is busy with other work before a CPU speed run: its rows would time the
+    contention, not the methods (never an error: a shared machine may be all there is). Busy means
+    more runnable processes (the 1-minute load average) than the cores torch leaves free, plus
+    ``threshold``."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > threshold:
+    spare = max(0, (os.cpu_count() or 1) - torch.get_num_threads())
+    if load > spare + threshold:
         print(
             f"warning: load average {load:.2f} before the speed run: other processes share the CPU, so "
             "the timings will be noisy; pause them for numbers worth citing",
