@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from adore.core.engine import DecodingEngine
 from adore.core.models import load_model
 from adore.methods import build_policy
+from experiments.tasks.throughput import decode_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,23 +49,6 @@ def python_times(run: Callable[[], object]) -> dict[tuple, tuple[int, float]]:
 
 def per_step(totals: dict, steps: int) -> dict:
     return {k: (calls / steps, seconds / steps) for k, (calls, seconds) in totals.items()}
-
-
-def decode_steps(engine: DecodingEngine, prompts: torch.Tensor, steps: int) -> Callable[[], object]:
-    """Prefill ``prompts`` (``[B, T]``, no padding) now; return the ``steps`` greedy decode steps to run."""
-    cache = engine.new_cache()
-    batch, width = prompts.shape
-    cache.expected_length = width + steps + 1
-    logits = engine.forward(cache, prompts, torch.arange(width).expand(batch, width))
-    cache.start_decode()
-
-    def run() -> None:
-        nonlocal logits
-        for step in range(steps):
-            position = torch.full((batch, 1), width + step)
-            logits = engine.forward(cache, logits[:, -1].argmax(-1)[:, None], position)
-
-    return run
 
 
 def main() -> None:

@@ -144,6 +144,9 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     assert set(profile) >= {"eviction (plan and slicing)", "attention", "step"} and profile["step"] > 0
     assert all(value >= 0 for value in profile.values())
     assert summary["profile"].keys() == {"window m=8", "window m=8 @ batch 2"}  # full is not in profile.methods
+    for parts in summary["profile"].values():  # decode steps alone: every one appends and evicts
+        assert parts["cache append and masks"] > 0 and parts["eviction (plan and slicing)"] > 0
+        assert sum(v for k, v in parts.items() if k != "step") == pytest.approx(parts["step"])
     folder = next(tmp_path.glob("runs/*"))
     for figure in ("tok_s_vs_context.png", "memory_vs_context.pdf", "packing.png", "step_profile.png"):
         assert (folder / figure).is_file(), figure

@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,25 +303,48 @@ def measure(
 _PROFILED = ("prepare_step", "update", "evict_uniform", "after_attention", "kv_policy_attention")
 
 
+def decode_steps(engine: DecodingEngine, prompts: torch.Tensor, steps: int) -> Callable[[], list[float]]:
+    """Prefill ``prompts`` (``[B, T]``, no padding) now; return the ``steps`` greedy decode steps, to be
+    run (and profiled) on their own: a call returns each step's seconds. The prefill, which dwarfs a
+    step and varies more than one, stays out of whatever wraps the call."""
+    cache = engine.new_cache()
+    batch, width = prompts.shape
+    cache.expected_length = width + steps + 1
+    logits = engine.forward(cache, prompts, torch.arange(width, device=prompts.device).expand(batch, width))
+    cache.start_decode()
+
+    def run() -> list[float]:
+        nonlocal logits
+        seconds = []
+        for step in range(steps):
+            started = time.perf_counter()
+            position = torch.full((batch, 1), width + step, device=prompts.device)
+            logits = engine.forward(cache, logits[:, -1].argmax(-1)[:, None], position)
+            engine.synchronize()
+            seconds.append(time.perf_counter() - started)
+        return seconds
+
+    return run
+
+
 def profile_decode(
     loaded: LoadedModel, policy: KVPolicy, prompts: list[list[int]], new_tokens: int
 ) -> dict[str, float]:
     """Milliseconds per decode step by part: the policy's step preparation (ADORE: the controller and
     the rebuild pick), the cache append and masks, eviction (plan + slicing), attention, and the rest
-    of the model; ``step`` is the whole step. A profiled one-token run is subtracted so the prefill
-    does not count. cProfile slows Python more than kernels: read the parts as shares."""
+    of the model; ``step`` is the whole step. Only the decode steps are profiled (the prefill runs
+    first, outside cProfile). cProfile slows Python more than kernels: read the parts as shares."""
     engine = DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id)
-    prefill, _ = _profiled(lambda: engine.generate(prompts, 1))
-    total, result = _profiled(lambda: engine.generate(prompts, new_tokens))
-    steps = len(result.step_s)
-    ms = {name: 1000 * max(0.0, total[name] - prefill[name]) / steps for name in _PROFILED}
+    ids = torch.tensor(prompts, device=loaded.device)
+    total, step_s = _profiled(decode_steps(engine, ids, max(1, new_tokens - 1)))
+    ms = {name: 1000 * seconds / len(step_s) for name, seconds in total.items()}
     parts = {
         "policy step (controller, rebuild pick)": ms["prepare_step"],
         "cache append and masks": ms["update"],
         "eviction (plan and slicing)": ms["evict_uniform"] + ms["after_attention"],
         "attention": ms["kv_policy_attention"] - ms["after_attention"],
     }
-    step = 1000 * sum(result.step_s) / steps
+    step = 1000 * sum(step_s) / len(step_s)
     parts["rest of the model"] = max(0.0, step - sum(parts.values()))
     return {**parts, "step": step}
 
