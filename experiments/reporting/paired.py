@@ -157,15 +157,16 @@ def paired_stream_frame(frame, windows: dict[Any, list[dict[str, float]] | None]
     rows = frame[frame["task"] == "stream"] if not frame.empty else frame
     if rows.empty:
         return pd.DataFrame(out)
+    blocks_of = {run_id: _blocks(runs) for run_id, runs in windows.items()}  # once per run, not per pairing
     keys = ["dataset", STREAMED_TEXT_KEY, "context_length", "model"]
     for (dataset, text, context, model), group in rows.groupby(keys, sort=True, dropna=False):
         for _, row in group.iterrows():
-            mine = _blocks(windows.get(row["run_id"]))
+            mine = blocks_of.get(row["run_id"], {})
             for opponent in ("full", reference):
                 candidates = group[group["method"] == opponent]
                 if opponent != "full":
                     candidates = candidates[candidates["m"] == row["m"]]
-                partners = [(_blocks(windows.get(c["run_id"])), c) for _, c in candidates.iterrows()]
+                partners = [(blocks_of.get(c["run_id"], {}), c) for _, c in candidates.iterrows()]
                 partners = [(blocks, c) for blocks, c in partners if c["run_id"] != row["run_id"]]
                 if row["method"] == opponent or not mine or not partners:
                     continue
@@ -204,8 +205,9 @@ def _verdict(record: dict[str, Any]) -> str:
     return "differs" if record["significant"] else "no detectable difference"
 
 
-def _budget(record: dict[str, Any]) -> Any:
-    return "-" if record["m"] != record["m"] or record["m"] is None else int(record["m"])
+def _whole(value: Any) -> Any:
+    """An integral cell (a budget, a length) as an int, or "-" where it is missing (None or NaN)."""
+    return "-" if value is None or value != value else int(value)
 
 
 def _generate_markdown(table) -> str:
@@ -214,7 +216,7 @@ def _generate_markdown(table) -> str:
     for record in table.to_dict("records"):
         half = (record["ci_hi"] - record["ci_lo"]) / 2
         lines.append(
-            f"| {record['method']} | {record['params']} | {_budget(record)} | {record['versus']} | "
+            f"| {record['method']} | {record['params']} | {_whole(record['m'])} | {record['versus']} | "
             f"{record['metric']} | {record['n']} | {record['difference']:+.2f} ± {half:.2f} | "
             f"{_p(record['p_value'])} | {record['detectable']:.2f} | {_verdict(record)} |"
         )
@@ -228,10 +230,8 @@ def _stream_markdown(table) -> str:
     )
     lines = [header, "|" + "---|" * 13]
     for record in table.to_dict("records"):
-        context = record["context_length"]
-        tokens = "-" if context != context or context is None else int(context)
         lines.append(
-            f"| {record['text']} | {tokens} | {record['method']} | {record['params']} | {_budget(record)} | "
+            f"| {record['text']} | {_whole(record['context_length'])} | {record['method']} | {record['params']} | {_whole(record['m'])} | "
             f"{record['versus']} | {record['perplexity']:.2f} | {record['versus_perplexity']:.2f} | "
             f"{record['windows']} / {record['blocks']} | "
             f"{record['change_pct']:+.1f} [{record['ci_lo']:+.1f}, {record['ci_hi']:+.1f}] | "
