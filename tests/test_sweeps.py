@@ -20,8 +20,9 @@ from experiments.sweep import canonical_config, resume_check
 from tests.conftest import ROOT, conf_choices
 
 PRESETS = ("sweep_m", "sweep_R", "paper", "paper_stream", "paper_small", "stream_heldout", "ablation_sparsity",
-           "ablation_rebuild", "ablation_controller", "sink_ablation", "paper_adapter", "paper_gsm8k", "paper_n8", "paper_stream_adore")  # fmt: skip
-STREAM_PRESETS = ("paper_stream", "stream_heldout", "sink_ablation", "paper_stream_adore")
+           "ablation_rebuild", "ablation_controller", "sink_ablation", "paper_adapter", "paper_gsm8k", "paper_n8", "paper_stream_adore",
+           "paper_stream_adore_long")  # fmt: skip
+STREAM_PRESETS = ("paper_stream", "stream_heldout", "sink_ablation", "paper_stream_adore", "paper_stream_adore_long")
 
 
 def composed(*overrides: str, hydra: bool = False):
