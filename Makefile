@@ -64,7 +64,8 @@ speed: setup
 # The reference results in results/reference (issue 14; resumable: after an interruption, run it
 # again and only the missing runs start): every method on ACLSum and ShareGPT (+experiment=paper) and
 # GSM8K (+experiment=paper_gsm8k), 64 test samples each, m = 32, 64, 128; three held-out Gutenberg
-# works past 8,192 positions (+experiment=paper_stream and paper_stream_adore, ~4 h) and the sink
+# works past 8,192 positions (+experiment=paper_stream, paper_stream_adore and paper_stream_adore_long,
+# ~5.5 h with the long controller's training) and the sink
 # ablation (~30 min); then tables and figures in results/reference/{tables,figures}.
 # `make paper-adapter` adds the adapted view.
 REFERENCE_DIR := results/reference
@@ -73,6 +74,7 @@ paper: setup
 	$(PY) run.py -m +experiment=paper_gsm8k results_dir=$(REFERENCE_DIR)
 	$(PY) run.py -m +experiment=paper_stream results_dir=$(REFERENCE_DIR)
 	$(PY) run.py -m +experiment=paper_stream_adore results_dir=$(REFERENCE_DIR)
+	$(PY) run.py -m +experiment=paper_stream_adore_long results_dir=$(REFERENCE_DIR)
 	$(PY) run.py -m +experiment=sink_ablation results_dir=$(REFERENCE_DIR)
 	$(PY) run.py task=report results_dir=$(REFERENCE_DIR)
 
