@@ -53,11 +53,9 @@ def merge_windows(windows: list[dict[str, float]], window: int) -> list[dict[str
     from the per-token NLL (``window`` a multiple of the table's window size)."""
     merged: dict[int, tuple[int, float]] = {}
     for w in windows:
-        tokens, summed = merged.get(int(w["start"]) // window, (0, 0.0))
-        merged[int(w["start"]) // window] = (
-            tokens + int(w["tokens"]),
-            summed + int(w["tokens"]) * math.log(w["perplexity"]),
-        )
+        index, count = int(w["start"]) // window, int(w["tokens"])
+        tokens, summed = merged.get(index, (0, 0.0))
+        merged[index] = (tokens + count, summed + count * math.log(w["perplexity"]))
     return [{"start": index * window, "tokens": tokens, "perplexity": math.exp(summed / tokens)}
             for index, (tokens, summed) in sorted(merged.items())]  # fmt: skip
 
