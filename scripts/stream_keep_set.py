@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--n-recent", type=int, default=0)
     parser.add_argument("--every", type=int, default=512)
     args = parser.parse_args()
-    loaded, controller, ids = load_study(parser, args)
+    loaded, (controller,), ids = load_study(parser, args)
     policy = build_policy("adore", m=args.m, R=args.R, K=args.K, n_sink=args.n_sink, n_recent=args.n_recent)
     policy.bind(controller, loaded.model.get_input_embeddings())
     engine = DecodingEngine(loaded.model, policy)

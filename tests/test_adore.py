@@ -509,3 +509,28 @@ def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set(
     # Future keys never count, however high they score.
     future = torch.ones(5, 5).triu(0) * 100  # the query itself and later tokens
     assert bucket_recall(scores.float() + future, truth, 2, range(3, 4)) == pytest.approx(1 / 2)
+
+
+def test_controller_study_names_the_missing_folder_among_several_before_loading_the_model(
+    monkeypatch, tmp_path, capsys
+):
+    """scripts/recall_by_position.py compares several controllers; a folder without controller.pt
+    is one line (exit 2) before the model loads, whichever position it has."""
+    import runpy
+
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    study = runpy.run_path(str(ROOT / "scripts" / "controller_study.py"))
+    present, missing = tmp_path / "K32-present", tmp_path / "K32-missing"
+    present.mkdir()
+    (present / "controller.pt").touch()
+    parser = study["study_arguments"]("recall", book="othello", tokens=16, several=True)
+    args = parser.parse_args(["--controller", str(present), str(missing), "--model", str(tmp_path / "no-model")])
+    assert args.controller == [present, missing]
+    with pytest.raises(SystemExit) as exit_info:
+        study["load_study"](parser, args)  # the model path does not exist: reaching it would raise otherwise
+    assert exit_info.value.code == 2
+    assert f"no controller.pt in {missing}" in capsys.readouterr().err
+    single = study["study_arguments"]("keep set", book="hamlet", tokens=16).parse_args(["--controller", str(present)])
+    assert single.controller == present  # one folder where the script studies one controller
