@@ -464,3 +464,29 @@ def test_sigterm_mid_run_is_one_line_exit_143_and_no_row_is_lost(seeded: Path):
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert last.startswith(f"interrupted by SIGTERM: no run finished in this command, so no row was added to {seeded}")
     assert (seeded / "runs.jsonl").read_bytes() == before
+
+
+def test_a_bound_controller_reports_how_much_it_trained_on_in_rows(tmp_path: Path):
+    """Two controllers of one training length differ in rows by ``train_sequences`` (from their
+    training.json), not by a hidden checkpoint hash alone."""
+    import torch
+
+    from adore.release import artifacts
+    from adore.release.controller import ControllerConfig, ImportanceController
+    from experiments.infra.runtime import policy_from_config, run_context
+    from tests.test_sweeps import composed
+
+    cfg = composed("method=adore", f"method.artifacts_dir={tmp_path}/art", "model.name=tiny")
+    policy = policy_from_config(cfg["method"], cfg)
+    folder = artifacts.artifact_dir(policy, "tiny", "aclsum")
+    folder.mkdir(parents=True)
+    config = ControllerConfig(**policy.controller)
+    controller = ImportanceController(8, config)
+    controller.trained_positions.fill_(300)
+    torch.save({"config": config.to_dict(), "state_dict": controller.state_dict()}, folder / "controller.pt")
+    (folder / "training.json").write_text(json.dumps({"train_sequences": 5, "recall_at_m": 0.5, "m_for_recall": 64}))
+    model = SimpleNamespace(get_input_embeddings=lambda: torch.nn.Embedding(10, 8))
+    artifacts.prepare_adore(run_context(cfg), SimpleNamespace(name="tiny", model=model, device="cpu"), policy)
+    described = policy.describe()
+    assert (described["train_sequences"], described["train_length"], described["recall_at_m"]) == (5, 300, 0.5)
+    assert described["controller_checkpoint"] == folder.name

@@ -81,11 +81,17 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
     assert inside.mb > outside.mb + 48
 
 
-def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
-    """scripts/backfill_stream_rows.py: a stream row gets its run config's book and its nll.txt's
-    length; a row whose folder is gone, a non-test split, a generate row and a damaged line stay byte
-    for byte."""
+def _backfill_script() -> dict:
     import runpy
+
+    from tests.conftest import ROOT
+
+    return runpy.run_path(str(ROOT / "scripts" / "backfill_rows.py"))
+
+
+def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
+    """scripts/backfill_rows.py: a stream row gets its run config's book and its nll.txt's length; a
+    row whose folder is gone, a non-test split, a generate row and a damaged line stay byte for byte."""
     import subprocess
     import sys
 
@@ -110,15 +116,62 @@ def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
         handle.write('{"run_id": "torn", \n')
     before = path.read_text().splitlines()
 
-    backfill = runpy.run_path(str(ROOT / "scripts" / "backfill_stream_rows.py"))["backfill"]
-    assert backfill(tmp_path) == (2, ["gone", "v"])
+    script = _backfill_script()
+    fillers = [script["stream_filler"](tmp_path)]
+    assert script["backfill"](tmp_path, fillers) == (2, ["gone", "v"])
     after = path.read_text().splitlines()
     assert [json.loads(line).get("text") for line in after[:5]] == ["hamlet", None, None, None, "lear"]
     assert [json.loads(line).get("context_length") for line in after[:5]] == [7, None, None, None, 5]
     assert [after[i] for i in (1, 2, 3, 5)] == [before[i] for i in (1, 2, 3, 5)]
     assert (tmp_path / "runs.jsonl.bak").read_text().splitlines() == before
-    assert backfill(tmp_path) == (0, ["gone", "v"])  # idempotent
+    assert script["backfill"](tmp_path, fillers) == (0, ["gone", "v"])  # idempotent
 
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "backfill_stream_rows.py"), str(tmp_path / "no")],
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "backfill_rows.py"), str(tmp_path / "no")],
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode != 0 and "pass a results folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_backfill_gives_adore_rows_their_controllers_training_count(tmp_path):
+    """An ADORE row gets ``train_sequences`` from the training.json of its checkpoint, trained on its
+    run's training dataset for its (base) model; a checkpoint whose artifacts are gone, the same
+    checkpoint name under another dataset, an oracle row and a row that has the count stay as they
+    were."""
+    artifacts = tmp_path / "artifacts"
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def trained(model: str, dataset: str, checkpoint: str, count: int) -> None:
+        folder = artifacts / "adore" / model / dataset / checkpoint
+        folder.mkdir(parents=True)
+        (folder / "training.json").write_text(
+            json.dumps({"model": model, "dataset": dataset, "train_sequences": count})
+        )
+
+    trained("smollm2-135m", "gutenberg", "K32-long", 32)
+    trained("smollm2-135m", "aclsum", "K32-long", 99)  # the same settings on another dataset: not this run's
+    trained("smollm2-135m", "gutenberg", "K32-text", 8)
+
+    def adore_row(run_id: str, checkpoint: str | None, dataset: str = "gutenberg", **params) -> dict:
+        method_params = {"m": 128, "scorer": "controller" if checkpoint else "oracle", **params}
+        if checkpoint:
+            method_params["controller_checkpoint"] = checkpoint
+        return make_row(run_id=run_id, task="stream", method="adore", dataset=dataset, method_params=method_params,
+                        model="smollm2-135m", text="hamlet", context_length=9216)  # fmt: skip
+
+    # A stream of `text` whose controller trained on gutenberg (method.train_dataset in its config).
+    folder = results / "runs" / "t"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"method": {"train_dataset": "gutenberg"}}))
+    rows = [adore_row("a", "K32-long"), adore_row("gone", "K32-none"), adore_row("o", None),
+            adore_row("done", "K32-long", train_sequences=7), adore_row("t", "K32-text", dataset="text")]  # fmt: skip
+    for row in rows:
+        append_row(results, row)
+    before = (results / "runs.jsonl").read_text().splitlines()
+
+    script = _backfill_script()
+    assert script["backfill"](results, [script["controller_filler"](results, artifacts)]) == (2, ["gone"])
+    after = [json.loads(line)["method_params"] for line in (results / "runs.jsonl").read_text().splitlines()]
+    assert [p.get("train_sequences") for p in after] == [32, None, None, 7, 8]
+    assert {k: v for k, v in after[0].items() if k != "train_sequences"} == rows[0]["method_params"]
+    lines = (results / "runs.jsonl").read_text().splitlines()
+    assert [lines[i] for i in (1, 2, 3)] == [before[i] for i in (1, 2, 3)]

@@ -279,6 +279,8 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
                        "train_length": int(controller.trained_positions)}  # fmt: skip
     if policy.labels.get("target", "current") != "current":  # rows before the switch keep their parameters
         policy.training["labels_target"] = policy.labels["target"]
+    if report.get("train_sequences") is not None:  # two controllers of one length may differ in data
+        policy.training["train_sequences"] = report["train_sequences"]
     if report.get("recall_at_m") is not None and report.get("m_for_recall") == policy.m:
         policy.training["recall_at_m"] = round(report["recall_at_m"], 4)  # held out, at this run's m
 
