@@ -429,7 +429,9 @@ def test_an_unreadable_controller_is_retrained_when_training_is_allowed(tmp_path
 
 
 def _start(*args: str, results: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # Unbuffered: a pipe would hold the first job's table until the process ends, and the signal
+    # would then arrive after the whole sweep (the test raced on it).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"results_dir={results}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
