@@ -35,8 +35,8 @@ from experiments.infra.results import RUNS_FILE, STREAMED_TEXT_KEY  # noqa: E402
 
 BOOK_IS_THE_ID = ("gutenberg", "text")  # datasets whose streamed sample is named after dataset.book
 
-# A filler says whether a row lacks its field, and returns the completed row (None: not traceable).
-Filler = Callable[[dict], dict | None]
+# A filler: whether a row lacks its field, and the row completed (None: not traceable).
+Filler = tuple[Callable[[dict], bool], Callable[[dict], dict | None]]
 
 
 def _run_config(row: dict, results_dir: Path) -> tuple[Path, dict] | None:
@@ -75,7 +75,7 @@ def training_report(row: dict, results_dir: Path, artifacts: Path) -> dict | Non
     return matching[0] if len(matching) == 1 else None
 
 
-def stream_filler(results_dir: Path) -> tuple[Callable[[dict], bool], Filler]:
+def stream_filler(results_dir: Path) -> Filler:
     def lacks(row: dict) -> bool:
         return row.get("task") == "stream" and not row.get("context_length")
 
@@ -86,7 +86,7 @@ def stream_filler(results_dir: Path) -> tuple[Callable[[dict], bool], Filler]:
     return lacks, fill
 
 
-def controller_filler(results_dir: Path, artifacts: Path) -> tuple[Callable[[dict], bool], Filler]:
+def controller_filler(results_dir: Path, artifacts: Path) -> Filler:
     def lacks(row: dict) -> bool:
         params = row.get("method_params") or {}
         return (
@@ -104,7 +104,7 @@ def controller_filler(results_dir: Path, artifacts: Path) -> tuple[Callable[[dic
     return lacks, fill
 
 
-def backfill(results_dir: Path, fillers: list[tuple[Callable[[dict], bool], Filler]]) -> tuple[int, list[str]]:
+def backfill(results_dir: Path, fillers: list[Filler]) -> tuple[int, list[str]]:
     """Complete every row that lacks a filler's field and can be traced: (rows completed, run ids left)."""
     path = results_dir / RUNS_FILE
     completed, left = 0, []
