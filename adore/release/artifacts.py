@@ -4,7 +4,9 @@ Artifacts live in ``<artifacts_dir>/adore/<model>/<dataset>/K<K>-<hash>/``, wher
 the dataset the controller is trained on (``method.train_dataset``, by default the run's dataset)
 and the hash covers the controller, label and training settings and the fine-tuning switch:
 ``controller.pt``, ``training.json`` (losses, recall@m, timings), ``loss.png`` and, with
-``method.finetune=true``, ``adapter/`` (peft LoRA).
+``method.finetune=true``, ``adapter/`` (peft LoRA); while training, ``training_state.pt`` (a stopped
+run resumes after its last epoch). Labels are kept per text under
+``<artifacts_dir>/adore/<model>/labels/`` (:mod:`.label_cache`).
 
 Training data comes through the run's :class:`~adore.TrainingData`; nothing here knows a dataset.
 """
@@ -27,7 +29,8 @@ from adore.core.plotting import new_figure, save_figure
 
 from .controller import ControllerConfig, ImportanceController
 from .finetune import FinetuneExample, LoraConfig, sparse_finetune
-from .labels import aggregated_attention, labels_for
+from .label_cache import LabelCache
+from .labels import aggregated_attention, labels_for, labels_from_top, top_indices
 from .settings import SETTINGS_DEFAULTS
 from .training import LabelledSequence, scores_recall_at_m, train_controller
 
@@ -97,12 +100,23 @@ def _sequences(policy: ADORE, context: RunContext, loaded: LoadedModel, split: s
     )
 
 
-def _labelled(loaded: LoadedModel, sequences: list[list[int]], K: int, labels_cfg: dict, desc: str):
+def label_cache(policy: ADORE, model_name: str) -> LabelCache:
+    """Where the top-K picks of ``model_name`` (with any merged adapter in its name) are kept."""
+    labels = policy.labels
+    folder = Path(policy.artifacts_dir) / "adore" / model_name.replace("/", "_") / "labels"
+    return LabelCache(folder, labels["aggregate"], labels.get("target", "current"), policy.K)
+
+
+def _labelled(loaded: LoadedModel, sequences: list[list[int]], cache: LabelCache, horizon: int, desc: str):
+    """Labelled sequences, their top-K picks read from ``cache`` where an earlier run computed them."""
     embedding = loaded.model.get_input_embeddings()
     out = []
     for ids in tqdm(sequences, desc=desc, unit="seq"):
-        attention = aggregated_attention(loaded.model, ids, labels_cfg["aggregate"])
-        labels = labels_for(attention, K, labels_cfg).cpu()
+        top = cache.load(ids)
+        if top is None:
+            top = top_indices(aggregated_attention(loaded.model, ids, cache.aggregate), cache.K, cache.target).cpu()
+            cache.save(ids, top)
+        labels = labels_from_top(top, horizon)
         with torch.no_grad():
             embeddings = embedding(torch.tensor(ids, device=loaded.device)).float().cpu()
         out.append(LabelledSequence(embeddings, labels))
@@ -133,17 +147,24 @@ def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path
     report: dict[str, Any] = {"model": loaded.name, "dataset": dataset, "K": policy.K, "m_for_recall": policy.m}
     config = ControllerConfig(**policy.controller)
     seed = context.config.get("seed", 0)
+    horizon = policy.labels.get("horizon", 1)
     if policy.finetune:
-        base = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, policy.labels, "top-K masks")
+        cache = label_cache(policy, loaded.name)
+        base = _labelled(loaded, [ids for ids, _ in train_pairs], cache, horizon, "top-K masks")
         examples = [FinetuneExample(ids, n, seq.labels) for (ids, n), seq in zip(train_pairs, base, strict=True)]
         losses = sparse_finetune(loaded.model, examples, LoraConfig(**policy.lora), out / "adapter", seed)
         report["finetune_losses"] = losses
         base_name = loaded.name
         loaded.model = merge_adapter(loaded.model, str(out / "adapter"))  # labels come from the tuned model
         loaded.model._adore_adapter = (str(out / "adapter"), base_name)
-    train_data = _labelled(loaded, [ids for ids, _ in train_pairs], policy.K, policy.labels, "top-K labels (train)")
-    held_out = _labelled(loaded, held_out_ids, policy.K, policy.labels, "top-K labels (held out)")
-    result = train_controller(train_data, held_out, config, policy.K, policy.m, train["epochs"], train["lr"], seed)
+    # After a fine-tune the labels come from the tuned model, which its adapter names.
+    cache = label_cache(policy, adapted_name(loaded.name, str(out / "adapter")) if policy.finetune else loaded.name)
+    train_data = _labelled(loaded, [ids for ids, _ in train_pairs], cache, horizon, "top-K labels (train)")
+    held_out = _labelled(loaded, held_out_ids, cache, horizon, "top-K labels (held out)")
+    state = out / "training_state.pt"  # per epoch: a stopped run resumes there (labels come from the cache)
+    result = train_controller(
+        train_data, held_out, config, policy.K, policy.m, train["epochs"], train["lr"], seed, state_path=state
+    )
     torch.save({"config": config.to_dict(), "state_dict": result.controller.state_dict()}, out / "controller.pt")
     _plot_losses(result.step_losses, out / "loss.png", f"ADORE controller, {dataset}, K={policy.K}")
     report.update(
@@ -152,9 +173,12 @@ def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path
         chance_recall_at_m=result.chance_recall,
         train_sequences=len(train_data),
         held_out_sequences=len(held_out),
-        seconds=round(time.perf_counter() - started, 1),
+        seconds=round(time.perf_counter() - started, 1),  # this run's, when it resumed an earlier one
     )
+    if result.resumed_after_epoch:
+        report["resumed_after_epoch"] = result.resumed_after_epoch
     (out / "training.json").write_text(json.dumps(report, indent=2))
+    state.unlink(missing_ok=True)
     return out
 
 

@@ -87,14 +87,28 @@ def topk_past(attention: torch.Tensor, K: int, horizon: int = 1, target: str = "
     """
     if horizon < 1:
         raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
+    return labels_from_top(top_indices(attention, K, target), horizon)
+
+
+def top_indices(attention: torch.Tensor, K: int, target: str = "current") -> torch.Tensor:
+    """``[T, min(K, T)]``: the top-``K`` past tokens of each query under ``target``, before the horizon
+    (``T * K`` indices: what a label cache keeps instead of the ``T * T`` matrix). Rows with fewer than
+    ``K`` past tokens also list future tokens, which :func:`labels_from_top` drops."""
     check_target(target)
     T = attention.shape[0]
     past = torch.ones(T, T, dtype=torch.bool, device=attention.device).tril(-1)
     if target == "accumulated":
         attention = attention.cumsum(dim=0)
-    scores = attention.masked_fill(~past, float("-inf"))
-    top = scores.topk(min(K, T), dim=-1).indices
-    labels = torch.zeros(T, T, dtype=torch.bool, device=attention.device).scatter_(1, top, True) & past
+    return attention.masked_fill(~past, float("-inf")).topk(min(K, T), dim=-1).indices
+
+
+def labels_from_top(top: torch.Tensor, horizon: int = 1) -> torch.Tensor:
+    """The label matrix ``[T, T]`` of :func:`top_indices`' picks, united over ``horizon`` queries."""
+    if horizon < 1:
+        raise ConfigError(f"adore.labels.horizon must be >= 1, got {horizon}")
+    T = top.shape[0]
+    past = torch.ones(T, T, dtype=torch.bool, device=top.device).tril(-1)
+    labels = torch.zeros(T, T, dtype=torch.bool, device=top.device).scatter_(1, top.long(), True) & past
     union = labels.clone()
     for shift in range(1, min(horizon, T)):
         union[:-shift] |= labels[shift:]

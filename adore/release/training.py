@@ -7,9 +7,11 @@ labels from an LLM (``adore.labels``) or on a synthetic pattern (tests).
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -38,6 +40,7 @@ class TrainingResult:
     step_losses: list[float] = field(default_factory=list)
     recall: float | None = None  # recall@m of the true top-K set on held-out sequences
     chance_recall: float | None = None  # the same for a random choice of m past tokens
+    resumed_after_epoch: int = 0  # epochs an interrupted run had finished (train_controller's state_path)
 
 
 def _pair_mask(length: int, K: int, device: torch.device) -> torch.Tensor:
@@ -60,11 +63,14 @@ def _rows_loss(
     mask: torch.Tensor,
     pos_weight: torch.Tensor,
 ) -> torch.Tensor:
-    """Summed weighted BCE of query ``rows`` (``[C]``) against every key: ``labels``/``mask`` ``[C, T]``."""
+    """Summed weighted BCE of query ``rows`` (``[C]``) against every key: ``labels``/``mask`` ``[C, T]``.
+
+    The mask weighs pairs instead of selecting them: a boolean selection of millions of pairs costs
+    more than the loss of the pairs it drops."""
     positions = torch.arange(u.shape[1], device=u.device)[None]
     logits = controller.logits(u[:, rows], rows[None], static, keys, positions)[0]
     return torch.nn.functional.binary_cross_entropy_with_logits(
-        logits[mask], labels[mask].float(), pos_weight=pos_weight, reduction="sum"
+        logits, labels.float(), weight=mask.float(), pos_weight=pos_weight, reduction="sum"
     )
 
 
@@ -144,19 +150,28 @@ def train_controller(
     lr: float = 3e-3,
     seed: int = 0,
     progress: bool = True,
+    state_path: Path | None = None,
 ) -> TrainingResult:
-    """Adam on the class-weighted BCE, one sequence per step, shuffled each epoch."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    controller = ImportanceController(train[0].embeddings.shape[-1], config)
-    optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
+    """Adam on the class-weighted BCE, one sequence per step, shuffled each epoch.
+
+    With ``state_path``, everything the next epoch depends on (weights, optimizer moments, both random
+    generators, the shuffled order, the losses) is written there after every epoch, and a run that
+    finds it resumes after the last finished epoch: a training run longer than a session ends with
+    the controller an uninterrupted run would have trained."""
+    controller, optimizer, rng = _fresh(train[0].embeddings.shape[-1], config, lr, seed)
     result = TrainingResult(controller)
     order = list(range(len(train)))
-    bar = tqdm(total=epochs * len(train), desc="training controller", unit="seq", disable=not progress)
+    done = _resume(state_path, controller, optimizer, rng, result, order) if state_path else 0
+    if state_path and not done:  # a state that failed to load may have half-filled the fresh objects
+        controller, optimizer, rng = _fresh(train[0].embeddings.shape[-1], config, lr, seed)
+        result = TrainingResult(controller)
+    result.resumed_after_epoch = done
+    bar = tqdm(total=epochs * len(train), initial=min(done, epochs) * len(train), desc="training controller",
+               unit="seq", disable=not progress)  # fmt: skip
     controller.train()
-    for _ in range(epochs):
+    for epoch in range(done, epochs):
         rng.shuffle(order)
-        epoch = []
+        losses = []
         for index in order:
             loss = sequence_loss(controller, train[index], K)
             bar.update(1)
@@ -166,13 +181,63 @@ def train_controller(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
             optimizer.step()
-            epoch.append(loss.item())
+            losses.append(loss.item())
             result.step_losses.append(loss.item())
-        result.losses.append(sum(epoch) / max(len(epoch), 1))
+        result.losses.append(sum(losses) / max(len(losses), 1))
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+        if state_path is not None:
+            _save_state(state_path, epoch + 1, controller, optimizer, rng, result, order)
     bar.close()
     controller.trained_positions.fill_(min(max(s.length for s in train), config.max_positions))
     controller.eval()
     if held_out:
         result.recall, result.chance_recall = recall_at_m(controller, held_out, m, K)
     return result
+
+
+def _fresh(embed_dim: int, config: ControllerConfig, lr: float, seed: int):
+    """A seeded controller, its optimizer and the shuffling generator, as every run starts them."""
+    torch.manual_seed(seed)
+    controller = ImportanceController(embed_dim, config)
+    return controller, torch.optim.Adam(controller.parameters(), lr=lr), random.Random(seed)
+
+
+def _save_state(path: Path, epochs_done: int, controller, optimizer, rng, result, order) -> None:
+    state = {
+        "epochs_done": epochs_done,
+        "sequences": len(order),
+        "controller": controller.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "python_rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "order": list(order),
+        "losses": result.losses,
+        "step_losses": result.step_losses,
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)  # a run killed while writing keeps the previous epoch's state
+
+
+def _resume(path: Path, controller, optimizer, rng, result, order) -> int:
+    """Load the state of an interrupted run into the fresh objects; the epochs it finished (0: none,
+    or a state that does not load or belongs to another training set, which is then ignored)."""
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["sequences"] != len(order):
+            raise ValueError(f"it trained on {state['sequences']} sequences, not {len(order)}")
+        controller.load_state_dict(state["controller"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as error:  # a file cut short, or from an older layout
+        print(f"ignoring the training state {path} ({type(error).__name__}: {error}); training from the start")
+        return 0
+    version, internal, gauss = state["python_rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch_rng"])
+    order[:] = state["order"]
+    result.losses[:] = state["losses"]
+    result.step_losses[:] = state["step_losses"]
+    print(f"resuming the controller's training after epoch {state['epochs_done']} ({path})")
+    return state["epochs_done"]
