@@ -296,12 +296,23 @@ def test_the_gru_layers_backward_equals_autograds_through_nn_gru(start):
     assert all(torch.allclose(g, e, atol=1e-12) for g, e in zip(got, expected, strict=True))
 
 
-@pytest.mark.parametrize("buckets", [1, 5, 8, 9, 16, 32, 40])
+@pytest.mark.parametrize("buckets", [1, 5, 8, 9, 16, 32, 40, 64])
 def test_the_bucket_table_gives_every_distances_logarithmic_bucket(buckets):
     from adore.release.controller import bucket_table, distance_bucket
 
-    table, distance = bucket_table(buckets), torch.arange(-3, 20_000)
+    table, distance = bucket_table(buckets), torch.arange(-3, 200_000)
     assert torch.equal(table[distance.clamp(0, len(table) - 1)], distance_bucket(distance, buckets))
+
+
+def test_a_controller_with_buckets_past_the_table_scores_by_the_formula():
+    """100 buckets would need a table of ~56M distances: none is built, and the logits are the plain ones."""
+    torch.manual_seed(0)
+    controller = ImportanceController(24, ControllerConfig(width=16, distance_buckets=100, positions="relative"))
+    torch.nn.init.normal_(controller.distance_bias.weight)
+    assert controller.bucket_of_distance is None
+    embeddings = torch.randn(50, 24)
+    expected = plain_pair_logits(controller, embeddings)
+    assert torch.allclose(controller.pair_logits(embeddings[None], torch.arange(50)[None])[0], expected, atol=1e-6)
 
 
 def test_an_interrupted_training_resumes_to_the_controller_of_an_uninterrupted_one(tmp_path):
@@ -327,6 +338,16 @@ def test_an_interrupted_training_resumes_to_the_controller_of_an_uninterrupted_o
     state.write_bytes(b"cut short")
     again = train(3, state)
     assert again.resumed_after_epoch == 0 and again.losses == whole.losses
+    # a state another seed wrote, or one without its generators, is not resumed either
+    train(1, state)
+    other_seed = train_controller(sequences, [], config, K=3, m=6, epochs=3, seed=1, progress=False, state_path=state)
+    fresh_seed = train_controller(sequences, [], config, K=3, m=6, epochs=3, seed=1, progress=False)
+    assert other_seed.resumed_after_epoch == 0 and other_seed.losses == fresh_seed.losses != whole.losses
+    train(1, state)
+    incomplete = torch.load(state, weights_only=True)
+    del incomplete["python_rng"]
+    torch.save(incomplete, state)
+    assert train(3, state).losses == whole.losses
 
 
 def test_label_cache_serves_the_topk_of_the_model_it_was_computed_with(tmp_path):
@@ -350,6 +371,27 @@ def test_label_cache_serves_the_topk_of_the_model_it_was_computed_with(tmp_path)
     assert torch.equal(labelled.labels, topk_past(truth[5], K=4))
     assert LabelCache(tmp_path, "mean", "current", K=5).path(ids) != cache.path(ids)
     assert LabelCache(tmp_path, "mean", "accumulated", K=4).path(ids) != cache.path(ids)
+
+
+def test_label_caches_are_named_by_model_dtype_and_the_adapters_weights(tmp_path):
+    from adore import LoadedModel
+    from adore.release.artifacts import label_cache
+
+    policy = build_policy("adore", m=8, R=0, K=4, artifacts_dir=str(tmp_path))
+    fp32, bf16 = (
+        LoadedModel(None, None, "tiny", torch.device("cpu"), dtype) for dtype in (torch.float32, torch.bfloat16)
+    )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of one fine-tune")
+    folders = [
+        label_cache(policy, fp32).folder,
+        label_cache(policy, bf16).folder,
+        label_cache(policy, fp32, adapter).folder,
+    ]
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of a rerun")
+    folders.append(label_cache(policy, fp32, adapter).folder)
+    assert len(set(folders)) == 4 and all(f.is_relative_to(tmp_path / "adore" / "tiny") for f in folders)
 
 
 def test_label_size_defaults_to_half_the_budget_up_to_32():

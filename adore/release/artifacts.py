@@ -6,7 +6,7 @@ and the hash covers the controller, label and training settings and the fine-tun
 ``controller.pt``, ``training.json`` (losses, recall@m, timings), ``loss.png`` and, with
 ``method.finetune=true``, ``adapter/`` (peft LoRA); while training, ``training_state.pt`` (a stopped
 run resumes after its last epoch). Labels are kept per text under
-``<artifacts_dir>/adore/<model>/labels/`` (:mod:`.label_cache`).
+``<artifacts_dir>/adore/<model>/labels/<dtype>[+lora-<digest>]/`` (:mod:`.label_cache`).
 
 Training data comes through the run's :class:`~adore.TrainingData`; nothing here knows a dataset.
 """
@@ -100,11 +100,20 @@ def _sequences(policy: ADORE, context: RunContext, loaded: LoadedModel, split: s
     )
 
 
-def label_cache(policy: ADORE, model_name: str) -> LabelCache:
-    """Where the top-K picks of ``model_name`` (with any merged adapter in its name) are kept."""
+def label_cache(policy: ADORE, loaded: LoadedModel, adapter: Path | None = None) -> LabelCache:
+    """Where the top-K picks of ``loaded`` are kept: by its name and dtype (a bfloat16 model can rank
+    near-ties differently), and with a merged ``adapter``, by a digest of the adapter's files (a
+    fine-tune that reruns into the same folder may write other weights)."""
+    model = f"{loaded.name.replace('/', '_')}/labels/{str(loaded.dtype).removeprefix('torch.')}"
+    if adapter is not None:
+        digest = hashlib.sha256()
+        for file in sorted(adapter.iterdir()):
+            digest.update(file.name.encode() + file.read_bytes())
+        model += f"+lora-{digest.hexdigest()[:12]}"
     labels = policy.labels
-    folder = Path(policy.artifacts_dir) / "adore" / model_name.replace("/", "_") / "labels"
-    return LabelCache(folder, labels["aggregate"], labels.get("target", "current"), policy.K)
+    return LabelCache(
+        Path(policy.artifacts_dir) / "adore" / model, labels["aggregate"], labels.get("target", "current"), policy.K
+    )
 
 
 def _labelled(loaded: LoadedModel, sequences: list[list[int]], cache: LabelCache, horizon: int, desc: str):
@@ -149,7 +158,7 @@ def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path
     seed = context.config.get("seed", 0)
     horizon = policy.labels.get("horizon", 1)
     if policy.finetune:
-        cache = label_cache(policy, loaded.name)
+        cache = label_cache(policy, loaded)
         base = _labelled(loaded, [ids for ids, _ in train_pairs], cache, horizon, "top-K masks")
         examples = [FinetuneExample(ids, n, seq.labels) for (ids, n), seq in zip(train_pairs, base, strict=True)]
         losses = sparse_finetune(loaded.model, examples, LoraConfig(**policy.lora), out / "adapter", seed)
@@ -157,8 +166,8 @@ def train_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> Path
         base_name = loaded.name
         loaded.model = merge_adapter(loaded.model, str(out / "adapter"))  # labels come from the tuned model
         loaded.model._adore_adapter = (str(out / "adapter"), base_name)
-    # After a fine-tune the labels come from the tuned model, which its adapter names.
-    cache = label_cache(policy, adapted_name(loaded.name, str(out / "adapter")) if policy.finetune else loaded.name)
+    # After a fine-tune the labels come from the tuned model.
+    cache = label_cache(policy, loaded, out / "adapter" if policy.finetune else None)
     train_data = _labelled(loaded, [ids for ids, _ in train_pairs], cache, horizon, "top-K labels (train)")
     held_out = _labelled(loaded, held_out_ids, cache, horizon, "top-K labels (held out)")
     state = out / "training_state.pt"  # per epoch: a stopped run resumes there (labels come from the cache)

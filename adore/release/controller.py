@@ -71,11 +71,17 @@ def distance_bucket(distance: torch.Tensor, buckets: int) -> torch.Tensor:
     return torch.where(distance <= 8, exact, log).clamp(max=buckets - 1)
 
 
-def bucket_table(buckets: int) -> torch.Tensor:
+TABLE_LIMIT = 1 << 17  # entries: the last bucket starts at distance 431 for 32 buckets, 110,218 for 64
+
+
+def bucket_table(buckets: int) -> torch.Tensor | None:
     """``distance_bucket`` of distances ``0 .. D``, where ``D`` is the first distance in the last bucket:
     every longer distance shares it, so ``table[d.clamp(0, D)]`` is the bucket of any ``d`` (a lookup
-    instead of a logarithm over every pair of a training sequence)."""
+    instead of a logarithm over every pair of a training sequence). ``None`` past ``TABLE_LIMIT``
+    entries: the last bucket starts exponentially far away as buckets are added."""
     saturation = buckets if buckets <= 8 else math.ceil(8 * 2 ** ((buckets - 9) / 4)) + 1
+    if saturation > TABLE_LIMIT:
+        return None
     table = distance_bucket(torch.arange(saturation + 1), buckets)
     return table[: int((table < buckets - 1).sum()) + 1]
 
@@ -183,7 +189,11 @@ class ImportanceController(nn.Module):
         if self.config.scorer == "query_aware":
             similarity = torch.einsum("bqw,btw->bqt", self.query(query_u), keys) / math.sqrt(self.config.width)
             distance = query_positions[:, :, None] - key_positions[:, None, :]
-            bucket = self.bucket_of_distance[distance.clamp(0, len(self.bucket_of_distance) - 1)]
+            table = self.bucket_of_distance
+            if table is None:
+                bucket = distance_bucket(distance, self.config.distance_buckets)
+            else:
+                bucket = table[distance.clamp(0, len(table) - 1)]
             bias = _GatherByBincount.apply(self.distance_bias.weight[:, 0], bucket)
             logits = logits + similarity + bias
         return logits

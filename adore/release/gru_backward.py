@@ -61,6 +61,8 @@ class _GRULayer(torch.autograd.Function):
 def gru_layer(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """``gru(x, h0)[0]`` of a one-layer, unidirectional, batch-first ``nn.GRU`` with biases, with the
     backward above: ``x [B, T, I]``, ``h0 [1, B, W]`` or ``None`` -> ``[B, T, W]``."""
+    if gru.num_layers != 1 or gru.bidirectional or not gru.batch_first or not gru.bias or gru.proj_size:
+        raise ValueError("gru_layer covers a one-layer, unidirectional, batch-first GRU with biases")
     if h0 is None:
         h0 = x.new_zeros(1, x.shape[0], gru.hidden_size)
     return _GRULayer.apply(x, h0[0], gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)

@@ -6,6 +6,8 @@ labels from an LLM (``adore.labels``) or on a synthetic pattern (tests).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -161,10 +163,11 @@ def train_controller(
     controller, optimizer, rng = _fresh(train[0].embeddings.shape[-1], config, lr, seed)
     result = TrainingResult(controller)
     order = list(range(len(train)))
-    done = _resume(state_path, controller, optimizer, rng, result, order) if state_path else 0
+    run = _run_fingerprint(train, config, K, lr, seed) if state_path else ""
+    done = _resume(state_path, run, epochs, controller, optimizer, rng, result, order) if state_path else 0
     if state_path and not done:  # a state that failed to load may have half-filled the fresh objects
         controller, optimizer, rng = _fresh(train[0].embeddings.shape[-1], config, lr, seed)
-        result = TrainingResult(controller)
+        result, order = TrainingResult(controller), list(range(len(train)))
     result.resumed_after_epoch = done
     bar = tqdm(total=epochs * len(train), initial=min(done, epochs) * len(train), desc="training controller",
                unit="seq", disable=not progress)  # fmt: skip
@@ -186,7 +189,7 @@ def train_controller(
         result.losses.append(sum(losses) / max(len(losses), 1))
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
         if state_path is not None:
-            _save_state(state_path, epoch + 1, controller, optimizer, rng, result, order)
+            _save_state(state_path, run, epoch + 1, controller, optimizer, rng, result, order)
     bar.close()
     controller.trained_positions.fill_(min(max(s.length for s in train), config.max_positions))
     controller.eval()
@@ -202,10 +205,20 @@ def _fresh(embed_dim: int, config: ControllerConfig, lr: float, seed: int):
     return controller, torch.optim.Adam(controller.parameters(), lr=lr), random.Random(seed)
 
 
-def _save_state(path: Path, epochs_done: int, controller, optimizer, rng, result, order) -> None:
+def _run_fingerprint(train: Sequence[LabelledSequence], config: ControllerConfig, K: int, lr: float, seed: int) -> str:
+    """What a resumed run must share with the one that wrote the state: its settings and its data
+    (every sequence's embeddings and labels, byte for byte)."""
+    digest = hashlib.sha256(json.dumps([config.to_dict(), K, lr, seed]).encode())
+    for sequence in train:
+        digest.update(sequence.embeddings.contiguous().numpy().tobytes())
+        digest.update(sequence.labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_state(path: Path, run: str, epochs_done: int, controller, optimizer, rng, result, order) -> None:
     state = {
+        "run": run,
         "epochs_done": epochs_done,
-        "sequences": len(order),
         "controller": controller.state_dict(),
         "optimizer": optimizer.state_dict(),
         "python_rng": rng.getstate(),
@@ -214,30 +227,32 @@ def _save_state(path: Path, epochs_done: int, controller, optimizer, rng, result
         "losses": result.losses,
         "step_losses": result.step_losses,
     }
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".{os.getpid()}.partial")
     torch.save(state, partial)
     os.replace(partial, path)  # a run killed while writing keeps the previous epoch's state
 
 
-def _resume(path: Path, controller, optimizer, rng, result, order) -> int:
+def _resume(path: Path, run: str, epochs: int, controller, optimizer, rng, result, order) -> int:
     """Load the state of an interrupted run into the fresh objects; the epochs it finished (0: none,
-    or a state that does not load or belongs to another training set, which is then ignored)."""
+    or a state that does not load, or that another run wrote: other settings, data or seed)."""
     if not path.is_file():
         return 0
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["sequences"] != len(order):
-            raise ValueError(f"it trained on {state['sequences']} sequences, not {len(order)}")
+        if state["run"] != run:
+            raise ValueError("another run wrote it (other settings, seed or training data)")
+        if not 0 < state["epochs_done"] <= epochs:
+            raise ValueError(f"it finished {state['epochs_done']} epochs of this run's {epochs}")
         controller.load_state_dict(state["controller"])
         optimizer.load_state_dict(state["optimizer"])
-    except Exception as error:  # a file cut short, or from an older layout
+        version, internal, gauss = state["python_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(state["torch_rng"])
+        order[:] = state["order"]
+        result.losses[:] = state["losses"]
+        result.step_losses[:] = state["step_losses"]
+    except Exception as error:  # a file cut short, from an older layout, or from another run
         print(f"ignoring the training state {path} ({type(error).__name__}: {error}); training from the start")
         return 0
-    version, internal, gauss = state["python_rng"]
-    rng.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch_rng"])
-    order[:] = state["order"]
-    result.losses[:] = state["losses"]
-    result.step_losses[:] = state["step_losses"]
     print(f"resuming the controller's training after epoch {state['epochs_done']} ({path})")
     return state["epochs_done"]
