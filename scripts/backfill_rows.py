@@ -4,10 +4,11 @@
   from its run folder's ``config.json`` (``dataset.book`` of a ``test`` split: the one work streamed,
   whose id is the book's name) and ``nll.txt`` (one line per predicted token: the tokens streamed
   less one);
-* ``controller``: an ADORE row's ``train_sequences`` (in ``method_params``: how many sequences its
-  controller trained on), from the controller's ``training.json`` under ``--artifacts``. Without it
-  two controllers trained on sequences of one length but on different amounts of text read alike in
-  every table (only the checkpoint's hash, which tables hide, tells them apart).
+* ``controller``: an ADORE row's ``train_sequences`` and ``train_epochs`` (in ``method_params``: how
+  many sequences its controller trained on, and over how many epochs), from the controller's
+  ``training.json`` under ``--artifacts``. Without them two controllers trained on sequences of one
+  length but on different amounts of text or steps read alike in every table (only the checkpoint's
+  hash, which tables hide, tells them apart). A value the row has is kept.
 
     python scripts/backfill_rows.py results/reference results/stream-val-long ... [--artifacts artifacts]
 
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adore.release.artifacts import training_amount  # noqa: E402
 from experiments.infra.results import RUNS_FILE, STREAMED_TEXT_KEY  # noqa: E402
 
 BOOK_IS_THE_ID = ("gutenberg", "text")  # datasets whose streamed sample is named after dataset.book
@@ -92,14 +94,16 @@ def controller_filler(results_dir: Path, artifacts: Path) -> Filler:
         return (
             row.get("method") == "adore"
             and bool(params.get("controller_checkpoint"))
-            and ("train_sequences" not in params)
+            and not {"train_sequences", "train_epochs"} <= params.keys()
         )
 
     def fill(row: dict) -> dict | None:
         report = training_report(row, results_dir, artifacts)
-        if report is None or report.get("train_sequences") is None:
+        amount = {} if report is None else training_amount(report)
+        if not amount or amount.keys() <= row["method_params"].keys():
             return None
-        return {**row, "method_params": {**row["method_params"], "train_sequences": report["train_sequences"]}}
+        added = {key: value for key, value in amount.items() if key not in row["method_params"]}
+        return {**row, "method_params": {**row["method_params"], **added}}
 
     return lacks, fill
 

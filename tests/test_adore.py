@@ -625,6 +625,19 @@ def test_rows_from_before_the_checkpoint_key_was_renamed_read_as_new_ones():
                                      "reencode": 0}  # fmt: skip
 
 
+def test_a_completed_row_and_a_new_one_of_one_controller_are_one_configuration():
+    """Backfilled rows gained the training amount at their end; new rows carry it before recall_at_m:
+    both read as the same parameters, in the same order."""
+    from experiments.reporting.report import method_params
+
+    base = {"m": 128, "scorer": "controller", "controller_checkpoint": "K32-a", "train_length": 8192}
+    completed = {**base, "recall_at_m": 0.7, "train_sequences": 32, "train_epochs": 32}
+    new = {**base, "train_sequences": 32, "train_epochs": 32, "recall_at_m": 0.7}
+    rows = [{"method": "adore", "method_params": params} for params in (completed, new)]
+    assert str(method_params(rows[0])) == str(method_params(rows[1]))
+    assert list(method_params(rows[1]))[-2:] == ["train_sequences", "train_epochs"]
+
+
 def test_recall_by_position_counts_hits_of_each_querys_top_m_among_its_true_set(monkeypatch):
     """scripts/recall_by_position.py's bucket recall against a hand count on a 5-token sequence."""
     import runpy

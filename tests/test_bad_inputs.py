@@ -469,8 +469,8 @@ def test_sigterm_mid_run_is_one_line_exit_143_and_no_row_is_lost(seeded: Path):
 
 
 def test_a_bound_controller_reports_how_much_it_trained_on_in_rows(tmp_path: Path):
-    """Two controllers of one training length differ in rows by ``train_sequences`` (from their
-    training.json), not by a hidden checkpoint hash alone."""
+    """Two controllers of one training length differ in rows by ``train_sequences`` and
+    ``train_epochs`` (from their training.json), not by a hidden checkpoint hash alone."""
     import torch
 
     from adore.release import artifacts
@@ -486,9 +486,11 @@ def test_a_bound_controller_reports_how_much_it_trained_on_in_rows(tmp_path: Pat
     controller = ImportanceController(8, config)
     controller.trained_positions.fill_(300)
     torch.save({"config": config.to_dict(), "state_dict": controller.state_dict()}, folder / "controller.pt")
-    (folder / "training.json").write_text(json.dumps({"train_sequences": 5, "recall_at_m": 0.5, "m_for_recall": 64}))
+    report = {"train_sequences": 5, "epoch_losses": [0.9, 0.7], "recall_at_m": 0.5, "m_for_recall": 64}
+    (folder / "training.json").write_text(json.dumps(report))
     model = SimpleNamespace(get_input_embeddings=lambda: torch.nn.Embedding(10, 8))
     artifacts.prepare_adore(run_context(cfg), SimpleNamespace(name="tiny", model=model, device="cpu"), policy)
     described = policy.describe()
-    assert (described["train_sequences"], described["train_length"], described["recall_at_m"]) == (5, 300, 0.5)
+    assert (described["train_sequences"], described["train_epochs"]) == (5, 2)
+    assert (described["train_length"], described["recall_at_m"]) == (300, 0.5)
     assert described["controller_checkpoint"] == folder.name

@@ -132,10 +132,10 @@ def test_backfill_names_the_streamed_text_and_keeps_every_other_line(tmp_path):
 
 
 def test_backfill_gives_adore_rows_their_controllers_training_count(tmp_path):
-    """An ADORE row gets ``train_sequences`` from the training.json of its checkpoint, trained on its
-    run's training dataset for its (base) model; a checkpoint whose artifacts are gone, the same
-    checkpoint name under another dataset, an oracle row and a row that has the count stay as they
-    were."""
+    """An ADORE row gets ``train_sequences`` and ``train_epochs`` from the training.json of its
+    checkpoint, trained on its run's training dataset for its (base) model; a checkpoint whose
+    artifacts are gone, the same checkpoint name under another dataset and an oracle row stay as they
+    were, and a count a row has is kept."""
     artifacts = tmp_path / "artifacts"
     results = tmp_path / "results"
     results.mkdir()
@@ -144,7 +144,7 @@ def test_backfill_gives_adore_rows_their_controllers_training_count(tmp_path):
         folder = artifacts / "adore" / model / dataset / checkpoint
         folder.mkdir(parents=True)
         (folder / "training.json").write_text(
-            json.dumps({"model": model, "dataset": dataset, "train_sequences": count})
+            json.dumps({"model": model, "dataset": dataset, "train_sequences": count, "epoch_losses": [1.0] * 3})
         )
 
     trained("smollm2-135m", "gutenberg", "K32-long", 32)
@@ -169,9 +169,12 @@ def test_backfill_gives_adore_rows_their_controllers_training_count(tmp_path):
     before = (results / "runs.jsonl").read_text().splitlines()
 
     script = _backfill_script()
-    assert script["backfill"](results, [script["controller_filler"](results, artifacts)]) == (2, ["gone"])
+    assert script["backfill"](results, [script["controller_filler"](results, artifacts)]) == (3, ["gone"])
     after = [json.loads(line)["method_params"] for line in (results / "runs.jsonl").read_text().splitlines()]
     assert [p.get("train_sequences") for p in after] == [32, None, None, 7, 8]
-    assert {k: v for k, v in after[0].items() if k != "train_sequences"} == rows[0]["method_params"]
+    assert [p.get("train_epochs") for p in after] == [3, None, None, 3, 3]  # a count the row has is kept
+    assert {k: v for k, v in after[0].items() if k not in ("train_sequences", "train_epochs")} == rows[0][
+        "method_params"
+    ]
     lines = (results / "runs.jsonl").read_text().splitlines()
-    assert [lines[i] for i in (1, 2, 3)] == [before[i] for i in (1, 2, 3)]
+    assert [lines[i] for i in (1, 2)] == [before[i] for i in (1, 2)]

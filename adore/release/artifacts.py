@@ -268,6 +268,17 @@ def attention_recall(context: RunContext, loaded: LoadedModel, policy: ADORE) ->
     return {"recall_at_m": round(recall, 4)}
 
 
+TRAINING_AMOUNT = ("train_sequences", "train_epochs")  # row parameters, in this order
+
+
+def training_amount(report: dict) -> dict[str, int]:
+    """How much a controller trained, from its ``training.json``: ``train_sequences`` and
+    ``train_epochs`` (those it recorded)."""
+    epochs = len(report["epoch_losses"]) if report.get("epoch_losses") else None
+    amount = dict(zip(TRAINING_AMOUNT, (report.get("train_sequences"), epochs), strict=True))
+    return {key: value for key, value in amount.items() if value is not None}
+
+
 def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> None:
     """Bind a trained controller to the policy (training it first when allowed), and merge the sparse
     fine-tuning adapter when ``method.finetune`` is on."""
@@ -312,8 +323,7 @@ def prepare_adore(context: RunContext, loaded: LoadedModel, policy: ADORE) -> No
                        "train_length": int(controller.trained_positions)}  # fmt: skip
     if policy.labels.get("target", "current") != "current":  # rows before the switch keep their parameters
         policy.training["labels_target"] = policy.labels["target"]
-    if report.get("train_sequences") is not None:  # two controllers of one length may differ in data
-        policy.training["train_sequences"] = report["train_sequences"]
+    policy.training.update(training_amount(report))  # two controllers of one length may differ in both
     if report.get("recall_at_m") is not None and report.get("m_for_recall") == policy.m:
         policy.training["recall_at_m"] = round(report["recall_at_m"], 4)  # held out, at this run's m
 

@@ -35,7 +35,14 @@ from adore import (
     register_method,
 )
 
-from .artifacts import artifact_dir, check_controller_available, prepare_adore, train_summary, training_dataset
+from .artifacts import (
+    TRAINING_AMOUNT,
+    artifact_dir,
+    check_controller_available,
+    prepare_adore,
+    train_summary,
+    training_dataset,
+)
 from .controller import ImportanceController
 from .labels import check_target
 from .settings import HASHED_DEFAULTS, SETTINGS_DEFAULTS
@@ -120,6 +127,11 @@ class ADORE(ScoredPolicy):
         params.setdefault("reencode", 0)  # and ran one recurrence over the whole sequence
         if "scored_by" not in params and params.get("scorer") in SCORERS:  # rows before the cells existed: GRU
             params["scored_by"] = "attention" if params["scorer"] == "oracle" else "gru"
+        # Last, in one order: rows completed later (scripts/backfill_rows.py) gained these at their end,
+        # and a row's parameters in another order would read as another configuration.
+        for key in TRAINING_AMOUNT:
+            if key in params:
+                params[key] = params.pop(key)
         return params
 
     def __post_init__(self) -> None:
