@@ -165,7 +165,7 @@ def train_controller(
     order = list(range(len(train)))
     run = _run_fingerprint(train, config, K, lr, seed) if state_path else ""
     done = _resume(state_path, run, epochs, controller, optimizer, rng, result, order) if state_path else 0
-    if state_path and not done:  # a state that failed to load may have half-filled the fresh objects
+    if state_path and state_path.is_file() and not done:  # a state that failed to load may have half-filled them
         controller, optimizer, rng = _fresh(train[0].embeddings.shape[-1], config, lr, seed)
         result, order = TrainingResult(controller), list(range(len(train)))
     result.resumed_after_epoch = done
