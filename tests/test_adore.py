@@ -34,9 +34,9 @@ def test_budget_above_total_length_equals_full(tiny_model, R):
     assert engine.generate(prompts, 30).tokens == full
 
 
-@pytest.mark.parametrize("slicing", ["gather", "matmul"])
-def test_batch_equals_alone_and_budget_holds(tiny_model, slicing):
-    engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=3, K=4, slicing=slicing), pad_token_id=0)
+@pytest.mark.parametrize("slicing,R", [("gather", 3), ("matmul", 3), ("gather", 0)])
+def test_batch_equals_alone_and_budget_holds(tiny_model, slicing, R):
+    engine = DecodingEngine(tiny_model, adore(tiny_model, m=10, R=R, K=4, slicing=slicing), pad_token_id=0)
     prompts = random_prompts([7, 19, 12], seed=3)
     alone = [engine.generate([p], 25).tokens[0] for p in prompts]
     assert engine.generate(prompts, 25).tokens == alone
@@ -89,6 +89,29 @@ def test_recent_tokens_are_kept_and_the_controller_ranks_the_rest(tiny_model):
         expected = sorted(recent + ranked[: m - len(recent)])
         kept = cache.stored_positions(0)[0][0]
         assert kept == expected and all(cache.stored_positions(1)[0][h] == kept for h in range(2))
+
+
+def test_without_rebuilds_the_cached_tokens_are_scored_as_among_every_position(tiny_model):
+    """R=0 scores only the cached tokens (O(m) a step): their scores are the controller's teacher-forced
+    logits over the whole sequence, every other position is -inf, and the keep-set is the top m - 1
+    of them by those logits, plus the current token (the rule written out here)."""
+    m, prompt = 10, 20
+    policy = adore(tiny_model, m=m, R=0, K=4)
+    engine, embed = DecodingEngine(tiny_model, policy), tiny_model.get_input_embeddings()
+    cache = engine.new_cache()
+    ids = random_prompts([prompt])[0]
+    logits = engine.forward(cache, torch.tensor([ids]), torch.arange(prompt)[None])
+    for t in range(prompt, prompt + 15):
+        kept = cache.stored_positions(0)[0][0]
+        ids.append(int(logits[0, -1].argmax()))
+        logits = engine.forward(cache, torch.tensor([ids[-1:]]), torch.tensor([[t]]))
+        with torch.no_grad():
+            reference = policy.network.pair_logits(embed(torch.tensor([ids])), torch.arange(t + 1)[None])[0, t]
+        scores = cache.state["scores"][0]
+        assert torch.isfinite(scores).nonzero().flatten().tolist() == kept
+        torch.testing.assert_close(scores[kept].float(), reference[kept])
+        expected = sorted([*sorted(kept, key=lambda p: -float(reference[p]))[: m - 1], t])
+        assert cache.stored_positions(0)[0][0] == expected
 
 
 def test_reencode_restarts_the_recurrence_over_the_last_n_tokens_every_n_tokens(tiny_model):

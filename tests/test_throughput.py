@@ -156,6 +156,43 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     assert (folder / "packing.png").is_file() and (folder / "tok_s_vs_context.png").is_file()
 
 
+@pytest.mark.model
+def test_repeats_go_round_the_methods_and_pool_into_one_row(tmp_path, monkeypatch):
+    """task.repeats=2: each method runs once per round (full, window, full, window), and its row
+    pools both rounds' timed steps."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.tasks import throughput
+    from tests.conftest import ROOT
+
+    calls: list[tuple[str, throughput.Measurement]] = []
+    real = throughput.measure
+
+    def recording(loaded, spec, *args):
+        point = real(loaded, spec, *args)
+        calls.append((spec.label, point))
+        return point
+
+    monkeypatch.setattr(throughput, "measure", recording)
+    overrides = [
+        "task=throughput", f"model.path={SMOLLM2}", f"results_dir={tmp_path}", "task.text=null",
+        "task.methods=[full,window]", "task.m=8", "task.context_lengths=[12]", "task.batch_sizes=[1]",
+        "task.new_tokens=4", "task.warmup_steps=1", "task.repeats=2", "task.packing.kv_budget_mb=null",
+        "task.profile.context_length=null",
+    ]  # fmt: skip
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    throughput.run_throughput(cfg)
+    timed = calls[2:]  # after one warm-up per method
+    assert [label for label, _ in timed] == ["full", "window m=8", "full", "window m=8"]
+    rows = read_rows(tmp_path)
+    for row, label in zip(rows, ["full", "window m=8"], strict=True):
+        rounds = [point for name, point in timed if name == label]
+        assert all(len(point.step_s) == 2 for point in rounds)  # 4 tokens: 3 decode steps, the first a warm-up
+        assert row["decode_tok_s"] == round(throughput.Measurement.pooled(rounds).decode_tok_s, 2)
+
+
 def test_decode_rate_spread_stays_between_the_measured_steps():
     """p10/p90 of the per-step rate come from the measured steps: a few steps with one slow outlier
     must not extrapolate the p10 below the slowest step's rate (or below zero)."""

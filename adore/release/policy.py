@@ -205,7 +205,11 @@ class ADORE(ScoredPolicy):
             return input_ids, positions, valid
         if self.network is None:
             raise ConfigError("adore has no controller: run `python run.py task=train method=adore` first")
-        state["scores"] = self._score(state, input_ids, positions, valid_new, current)
+        # Without rebuilds only the cached tokens and the new ones can be kept: score just those, O(m)
+        # a step instead of O(t) (every position is scored where released tokens compete: R > 0).
+        first = cache.layers[0]
+        cached = first.positions[:, 0] if not self.R and first.is_initialized else None
+        state["scores"] = self._score(state, input_ids, positions, valid_new, current, cached)
         rebuild = self._pick_rebuild(cache, current) if self.R and cache.layers[0].is_initialized else None
         if rebuild is None:
             return input_ids, positions, valid
@@ -231,9 +235,17 @@ class ADORE(ScoredPolicy):
         state["known"][rows, cols] = True
 
     def _score(
-        self, state: dict, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, current: torch.Tensor
+        self,
+        state: dict,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        current: torch.Tensor,
+        cached: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the controller on the new tokens; return logits ``[B, P]`` of every position for the current token."""
+        """Run the controller on the new tokens; return logits ``[B, P]`` of past positions for the current
+        token (``-inf`` for the rest). ``cached`` (``[B, S]`` positions): score only those and the new
+        tokens' positions, ``-inf`` elsewhere."""
         controller = self.network
         B, P = state["tokens"].shape
         width = controller.config.width
@@ -268,10 +280,18 @@ class ADORE(ScoredPolicy):
         state["static"][rows, cols] = static[valid]
         if keys is not None:
             state["keys"][rows, cols] = keys[valid]
-        all_positions = torch.arange(P, device=positions.device)[None].expand(B, P)
-        logits = controller.logits(u[:, -1:], current[:, None], state["static"], state["keys"], all_positions)[:, 0]
-        past = state["known"] & (all_positions < current[:, None])
-        return logits.to(torch.float64).masked_fill(~past, float("-inf"))
+        if cached is None:
+            at = torch.arange(P, device=positions.device)[None].expand(B, P)
+            static, keys, known = state["static"], state["keys"], state["known"]
+        else:  # a position held twice (a padding slot) gets the same logit twice: the scatter is exact
+            at = torch.cat([cached, positions], dim=1)
+            static, known = state["static"].gather(1, at), state["known"].gather(1, at)
+            keys = None if state["keys"] is None else state["keys"].gather(1, at[..., None].expand(-1, -1, width))
+        logits = controller.logits(u[:, -1:], current[:, None], static, keys, at)[:, 0]
+        logits = logits.to(torch.float64).masked_fill(~(known & (at < current[:, None])), float("-inf"))
+        if cached is None:
+            return logits
+        return logits.new_full((B, P), float("-inf")).scatter_(1, at, logits)
 
     def _maybe_reencode(self, state: dict, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Every ``reencode`` tokens, rebuild the recurrent state from scratch over each sequence's last

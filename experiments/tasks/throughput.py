@@ -223,6 +223,21 @@ class Measurement:
     def step_s_p50(self) -> float:
         return statistics.median(self.step_s)
 
+    @classmethod
+    def pooled(cls, repeats: list[Measurement]) -> Measurement:
+        """One point from repeats measured apart (interleaved with other methods): every timed step,
+        the median prefill, the largest memory figures."""
+        first = repeats[0]
+        return cls(
+            statistics.median(r.prefill_s for r in repeats),
+            [s for r in repeats for s in r.step_s],
+            first.batch_size,
+            first.prompt_tokens,
+            max(r.kv_bytes for r in repeats),
+            max(r.kv_decode_bytes for r in repeats),
+            max(r.peak_mem_mb for r in repeats),
+        )
+
     def decode_tok_s_spread(self) -> tuple[float | None, float | None]:
         """p10 and p90 of the per-step decode rate (tokens/s) over every timed step of every repeat:
         how much of the mean a shared machine's noise could move. Interpolated between measured steps
@@ -506,21 +521,30 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         measure(loaded, spec, policy, prompts_for(bank, 64, 1), 4, 0, 1)
 
     roofline: list[dict[str, Any]] = []
-    with tqdm(total=len(grid) * len(specs), desc="throughput", unit="point") as bar:
+    with tqdm(total=len(grid) * len(specs) * settings["repeats"], desc="throughput", unit="run") as bar:
         for context_length, batch_size in grid:
             prompts = prompts_for(bank, context_length, batch_size)
-            floor_s = measure_weight_floor(loaded.model, batch_size)  # at every point: the machine drifts
+            # Repeats go round the methods (each method once per round), so a drift of the machine
+            # reaches every method alike; the floor is measured every round (best of them).
+            floors, repeats = [], {spec.label: [] for spec in specs}
+            seconds = dict.fromkeys(repeats, 0.0)
+            for round_ in range(settings["repeats"]):
+                floors.append(measure_weight_floor(loaded.model, batch_size))
+                for spec, policy in zip(specs, policies, strict=True):
+                    bar.set_postfix_str(f"{spec.label} ctx={context_length} batch={batch_size} round {round_ + 1}")
+                    began = time.perf_counter()
+                    repeats[spec.label].append(measure(loaded, spec, policy, prompts, settings["new_tokens"],
+                                                       settings["warmup_steps"], 1))  # fmt: skip
+                    seconds[spec.label] += time.perf_counter() - began
+                    bar.update(1)
             for spec, policy in zip(specs, policies, strict=True):
-                bar.set_postfix_str(f"{spec.label} ctx={context_length} batch={batch_size}")
-                began = time.perf_counter()
-                point = measure(loaded, spec, policy, prompts, settings["new_tokens"], settings["warmup_steps"],
-                                settings["repeats"])  # fmt: skip
-                run.write_row("throughput", spec, policy, point, context_length, began, floor_s)
+                point = Measurement.pooled(repeats[spec.label])
+                began = time.perf_counter() - seconds[spec.label]  # the row's wall time: this method's own
+                run.write_row("throughput", spec, policy, point, context_length, began, min(floors))
                 best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
                 roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                  "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
                                  "fraction": point.decode_tok_s / best})  # fmt: skip
-                bar.update(1)
 
     packed = run_packing(run, specs, policies, bank, packing, settings) if packing.get("kv_budget_mb") else None
     profile = settings.get("profile") or {}
