@@ -152,6 +152,61 @@ def test_move_last_into_is_one_in_one_out():
         assert torch.equal(store.view(name), expected[:, :, : S - 1]), name
 
 
+def test_a_stacked_move_equals_each_layers_own_move():
+    """StackedSlots moves every layer's victim slot in one scatter per name: the same contents as each
+    store moving its own; a store that reallocates leaves the stack."""
+    from adore.core.slots import SlotStore, StackedSlots
+
+    torch.manual_seed(0)
+    B, H, S, D = 2, 3, 6, 4
+
+    def stores() -> list[SlotStore]:
+        torch.manual_seed(1)
+        made = []
+        for _ in range(3):
+            store = SlotStore()
+            store.append({"keys": torch.randn(B, H, S, D), "valid": torch.rand(B, H, S) > 0.3}, capacity=S + 1)
+            made.append(store)
+        return made
+
+    victim = torch.tensor([[[0], [5], [2]], [[4], [1], [3]]])
+    alone, stacked = stores(), stores()
+    assert StackedSlots.fits(stacked)
+    stack = StackedSlots(stacked)
+    assert stack.intact()
+    assert len({s.buffers["keys"].untyped_storage().data_ptr() for s in stacked}) == 1  # one buffer
+    for store in alone:
+        store.move_last_into(victim)
+    stack.move_last_into(victim)
+    for mine, theirs in zip(stacked, alone, strict=True):
+        assert mine.length == theirs.length == S - 1
+        for name in ("keys", "valid"):
+            assert torch.equal(mine.view(name), theirs.view(name)), name
+    stacked[1].append({"keys": torch.randn(B, H, 3, D), "valid": torch.ones(B, H, 3, dtype=torch.bool)}, S + 2)
+    assert not stack.intact()  # it outgrew its row: moved to buffers of its own
+    other = SlotStore()
+    other.append({"keys": torch.randn(B, H, S, D + 1), "valid": torch.ones(B, H, S, dtype=torch.bool)}, S + 1)
+    assert not StackedSlots.fits([alone[0], other])  # shapes differ
+
+
+@pytest.mark.parametrize(("prompt", "stacked"), [(20, True), (17, False)])
+def test_a_uniform_policy_evicts_every_layer_through_one_stack(tiny_model, prompt, stacked):
+    """After the prefill's eviction a uniform policy's layers live in one buffer per name, and the
+    decode steps keep them there; unless filling the stack (beside the layers' own 2 x (m + 1) slots)
+    would reserve more than the prompt did: then each layer moves its own slots, to the same keep-set."""
+    engine = DecodingEngine(tiny_model, build_policy("window", m=8))
+    cache = engine.new_cache()
+    engine.forward(cache, torch.tensor([random_prompts([prompt])[0]]), torch.arange(prompt)[None])
+    peak = cache.peak_kv_bytes
+    for step in range(4):
+        engine.forward(cache, torch.tensor([[7]]), torch.tensor([[prompt + step]]))
+        assert (cache._stacked is not None) == stacked
+        assert len({layer.keys.untyped_storage().data_ptr() for layer in cache.layers}) == (1 if stacked else 2)
+        expected = [list(range(prompt - 7 + step, prompt + 1 + step))] * 2
+        assert cache.stored_positions(0) == cache.stored_positions(1) == [expected]
+    assert cache.peak_kv_bytes == peak == 2 * prompt * 2 * 2 * 16 * 4  # the prompt in both layers
+
+
 def test_storage_is_written_in_place(tiny_model):
     """A bounded cache keeps one buffer per layer from the first decode step on (no per-step copy of
     the cache); full attention allocates once for the announced length."""

@@ -28,7 +28,7 @@ from .families import family_name, sliding_windows
 from .pending import clear_pending, mark_pending
 from .policy import KVPolicy
 from .rope import LayerRotation
-from .slots import SlotStore
+from .slots import SlotStore, StackedSlots, writable
 
 
 def _along_slots(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -303,17 +303,20 @@ class PolicyLayer(DynamicLayer):
         index = index.sort(dim=-1).values
         return EvictionPlan(index=index, keep=selected.gather(-1, index))
 
+    def moves_in_place(self, plan: EvictionPlan) -> bool:
+        """Whether ``plan`` is one in, one out with buffers no larger than the budget needs (the common
+        decode step): the last slot then overwrites the victim in place."""
+        return plan.victim is not None and self.slots.capacity <= self.capacity_for(self.stored - 1)
+
     @torch.inference_mode()  # writes in place into the slot buffers (see slots.py)
     def apply(self, plan: EvictionPlan) -> None:
-        if plan.victim is not None and self.slots.capacity <= self.capacity_for(self.stored - 1):
+        if self.moves_in_place(plan):
             # One in, one out: the last slot overwrites the lowest one in place (slot order is free);
-            # the stored views shrink by one slot and the buffers stay (the common decode step).
+            # the stored views shrink by one slot and the buffers stay.
             self.slots.move_last_into(plan.victim)
-            for name, tensor in self.extras.items():
-                tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
-                self.extras[name] = tensor[:, :, :-1]
-            self._publish()
-        elif plan.victim is not None:  # the same, where the buffers are larger than the budget needs
+            self.after_move(plan)
+            return
+        if plan.victim is not None:  # the same, where the buffers are larger than the budget needs
             kept = {}
             for name, tensor in self._slot_tensors():
                 tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
@@ -326,6 +329,15 @@ class PolicyLayer(DynamicLayer):
         if plan.keep is not None:
             self.valid &= plan.keep
             self.has_invalid = True
+        self._refresh_invalid()
+
+    def after_move(self, plan: EvictionPlan) -> None:
+        """Finish a one-in/one-out move of the stored slots (done by this layer or for every layer at
+        once): the extras follow, the views shrink."""
+        for name, tensor in self.extras.items():
+            tensor.scatter_(2, _along_slots(plan.victim, tensor), tensor[:, :, -1:].clone())
+            self.extras[name] = tensor[:, :, :-1]
+        self._publish()
         self._refresh_invalid()
 
     def gather(self, index: torch.Tensor) -> None:
@@ -423,6 +435,10 @@ class PolicyCache(Cache):
         self.step_all_valid = True  # no padding among this step's tokens
         self.state: dict = {}  # per-batch policy state (e.g. ADORE's controller); the policy owns it
         self._selection: torch.Tensor | None = None
+        self._stacked: StackedSlots | None = None  # a uniform policy's layers, one buffer per name
+        # Stacked only where steps move one slot in and one out (a step that feeds more, ADORE's rebuild,
+        # keeps a set by index, layer by layer).
+        self._stackable = policy.uniform and policy.max_step_tokens == 1 and policy.slicing == "gather"
         self._first_feed: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's, by window
         self._new_slots: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's, from layer 0
         self._selection_index: torch.Tensor | None = None
@@ -460,8 +476,27 @@ class PolicyCache(Cache):
         if not self.policy.evicts_now(first):
             return
         plan = first.plan_eviction(self.policy.layer_target(first))
+        if self._stacked is not None and self._stacked.intact() and first.moves_in_place(plan):
+            self._stacked.move_last_into(plan.victim)  # every layer's slots in one scatter per name
+            with writable():
+                for layer in self.layers:
+                    layer.after_move(plan)
+            return
         for layer in self.layers:
             layer.apply(plan)
+        if self._stackable and (self._stacked is None or not self._stacked.intact()):
+            self._stack()
+
+    def _stack(self) -> None:
+        """Once the buffers are settled (a bounded layer keeps its budget plus one step), move them into
+        one stack, if that does not raise the memory high-water mark: the stack is filled while the
+        layers' own buffers still exist, which fits under a prompt of at least twice the budget. Not
+        tried again when it does not fit."""
+        stores = [layer.slots for layer in self.layers]
+        transient = self.held_bytes + sum(store.kv_bytes for store in stores)
+        peaks = [self.peak_kv_bytes, self.decode_peak_kv_bytes]
+        self._stackable = StackedSlots.fits(stores) and all(p is None or transient <= p for p in peaks)
+        self._stacked = StackedSlots(stores) if self._stackable else None
 
     def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
         """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, 0, k]] = 1`` for a uniform keep-set ``index``
