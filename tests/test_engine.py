@@ -198,6 +198,8 @@ def test_a_uniform_policy_evicts_every_layer_through_one_stack(tiny_model, promp
     cache = engine.new_cache()
     engine.forward(cache, torch.tensor([random_prompts([prompt])[0]]), torch.arange(prompt)[None])
     peak = cache.peak_kv_bytes
+    if stacked:  # the layers' keys are views of the stack already, before any decode step
+        assert len({layer.keys.untyped_storage().data_ptr() for layer in cache.layers}) == 1
     for step in range(4):
         engine.forward(cache, torch.tensor([[7]]), torch.tensor([[prompt + step]]))
         assert (cache._stacked is not None) == stacked

@@ -497,6 +497,9 @@ class PolicyCache(Cache):
         peaks = [self.peak_kv_bytes, self.decode_peak_kv_bytes]
         self._stackable = StackedSlots.fits(stores) and all(p is None or transient <= p for p in peaks)
         self._stacked = StackedSlots(stores) if self._stackable else None
+        if self._stacked is not None:
+            for layer in self.layers:  # the public views point into the stack (the old buffers are freed)
+                layer._publish()
 
     def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
         """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, 0, k]] = 1`` for a uniform keep-set ``index``
