@@ -15,8 +15,9 @@ tokens for the current token. From the summary in ``shared/seed``: ``z_i = GRU(x
   ``logit_{t,i} = MLP(u_i) + <W_q u_t, W_k u_i> / sqrt(width) + b(bucket(t - i))``, ``u = z + p``.
 * ``scorer="query_free"`` is the literal ``sigma_i = sigmoid(MLP(p_i + z_i))``.
 
-Per decoding step the cost is one GRU cell update plus ``O(t * width)`` for the scores (the
-per-token terms ``MLP(u_i)`` and ``W_k u_i`` are computed once, when token ``i`` arrives).
+Per decoding step the cost is one GRU cell update plus ``O(t * width)`` for the scores, or
+``O(m * width)`` without rebuilds, where only cached tokens can be kept (the per-token terms
+``MLP(u_i)`` and ``W_k u_i`` are computed once, when token ``i`` arrives).
 """
 
 from __future__ import annotations
