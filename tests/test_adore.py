@@ -114,6 +114,30 @@ def test_without_rebuilds_the_cached_tokens_are_scored_as_among_every_position(t
         assert cache.stored_positions(0)[0][0] == expected
 
 
+def test_without_rebuilds_chunked_feeds_keep_what_scoring_every_position_keeps(tiny_model):
+    """Feeds of several tokens after the prefill: the new tokens compete with the cached ones, and
+    scoring just those gives the keep-sets and scores of scoring every position."""
+    chunks = [25, 7, 1, 13, 1, 1, 40, 3]
+    ids = torch.tensor([random_prompts([sum(chunks)])[0]])
+    runs = []
+    for every_position in (False, True):
+        policy = adore(tiny_model, m=10, R=0, K=4, n_sink=1, n_recent=2)
+        if every_position:  # the scorer before scoring was restricted to the cache
+            scored = policy._score
+            policy._score = lambda *args, scored=scored: scored(*args[:5], None)
+        engine = DecodingEngine(tiny_model, policy)
+        cache, start, kept = engine.new_cache(), 0, []
+        for q in chunks:
+            engine.forward(cache, ids[:, start : start + q], torch.arange(start, start + q)[None])
+            start += q
+            positions = cache.stored_positions(0)[0][0]
+            kept.append((positions, cache.state["scores"][0, positions]))
+        runs.append(kept)
+    for (mine, my_scores), (theirs, their_scores) in zip(*runs, strict=True):
+        assert mine == theirs
+        torch.testing.assert_close(my_scores, their_scores)  # the same logits, up to summation order
+
+
 def test_reencode_restarts_the_recurrence_over_the_last_n_tokens_every_n_tokens(tiny_model):
     """reencode=N: the rule written out here. The state continues the recurrence token by token, and
     once N tokens have arrived since the last restart it is the recurrence of the last N tokens alone."""

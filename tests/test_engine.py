@@ -209,6 +209,32 @@ def test_a_uniform_policy_evicts_every_layer_through_one_stack(tiny_model, promp
     assert cache.peak_kv_bytes == peak == 2 * prompt * 2 * 2 * 16 * 4  # the prompt in both layers
 
 
+def test_a_stream_fed_in_chunks_leaves_the_stack_and_equals_per_layer_moves(tiny_model):
+    """A step that feeds several tokens after the stack exists would move each layer out of it while
+    the stack still held its row: the layers get buffers of their own for good, every keep-set and
+    key equals a cache that never stacked, and the memory figures are the same."""
+    chunks = [40, 30, 1, 1, 30, 1]
+    ids = torch.tensor([random_prompts([sum(chunks)])[0]])
+    engine = DecodingEngine(tiny_model, build_policy("window", m=8))
+    stacked, alone = engine.new_cache(), engine.new_cache()
+    alone._stackable = False
+    start = 0
+    for step, q in enumerate(chunks):
+        positions = torch.arange(start, start + q)[None]
+        for cache in (stacked, alone):
+            engine.forward(cache, ids[:, start : start + q], positions)
+        start += q
+        assert (stacked._stacked is not None) == (step == 0)  # built after the first chunk, then gone
+        assert stacked.stored_positions(0) == alone.stored_positions(0)
+        for mine, theirs in zip(stacked.layers, alone.layers, strict=True):
+            order, reference = mine.positions.argsort(-1), theirs.positions.argsort(-1)
+            torch.testing.assert_close(
+                mine.keys.gather(2, order[..., None].expand_as(mine.keys)),
+                theirs.keys.gather(2, reference[..., None].expand_as(theirs.keys)),
+            )
+        assert stacked.held_bytes == alone.held_bytes and stacked.peak_kv_bytes == alone.peak_kv_bytes
+
+
 def test_storage_is_written_in_place(tiny_model):
     """A bounded cache keeps one buffer per layer from the first decode step on (no per-step copy of
     the cache); full attention allocates once for the announced length."""

@@ -457,6 +457,8 @@ class PolicyCache(Cache):
         original ``positions`` (``valid``: ``[B, q]`` bool or ``None``); returns the ``input_ids`` to feed
         and the ``position_ids`` RoPE must see."""
         input_ids, positions, valid = self.policy.prepare_step(self, input_ids, positions, valid)
+        if self._stacked is not None and input_ids.shape[1] > 1:
+            self._unstack()  # several tokens at a time (a stream fed in chunks) outgrow the stack
         self.step_positions, self.step_valid = positions, valid
         self._new_slots = None  # worked out afresh by this step's first layer
         return input_ids, self.policy.rope_position_ids(self, positions)
@@ -500,6 +502,19 @@ class PolicyCache(Cache):
         if self._stacked is not None:
             for layer in self.layers:  # the public views point into the stack (the old buffers are freed)
                 layer._publish()
+
+    def _unstack(self) -> None:
+        """Every layer back in buffers of its own, for good: steps that feed several tokens would move
+        each layer out of the stack while the stack still holds its row, and restack after every step.
+        The copies exist beside the stack for a moment, twice the bounded cache, which fits under the
+        high-water mark for the same reason the stack did; counted all the same."""
+        copies = sum(layer.kv_bytes() for layer in self.layers)
+        self.note_held(copies)
+        self._stacked.release()
+        self._stacked, self._stackable = None, False
+        self.note_held(-copies)
+        for layer in self.layers:
+            layer._publish()
 
     def selection_matrix(self, index: torch.Tensor, stored: int, dtype: torch.dtype) -> torch.Tensor:
         """0/1 matrix ``[B, S', S]`` with ``P[b, k, index[b, 0, k]] = 1`` for a uniform keep-set ``index``

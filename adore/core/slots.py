@@ -155,6 +155,13 @@ class StackedSlots:
         length = self.stores[0].length
         return all(s.buffers is row and s.length == length for s, row in zip(self.stores, self._rows, strict=True))
 
+    def release(self) -> None:
+        """Give every store buffers of its own again (a copy of its row); the stack is freed with the
+        last reference to it."""
+        with writable():
+            for store in self.stores:
+                store.buffers = {name: buffer.clone() for name, buffer in store.buffers.items()}
+
     def move_last_into(self, slot: torch.Tensor) -> None:
         """:meth:`SlotStore.move_last_into` for every layer at once (``slot`` ``[B, H, 1]``, the same in
         every layer)."""
