@@ -167,14 +167,20 @@ def test_repeats_go_round_the_methods_and_pool_into_one_row(tmp_path, monkeypatc
     from tests.conftest import ROOT
 
     calls: list[tuple[str, throughput.Measurement]] = []
-    real = throughput.measure
+    floors: list[float] = []
+    real, real_floor = throughput.measure, throughput.measure_weight_floor
 
     def recording(loaded, spec, *args):
         point = real(loaded, spec, *args)
         calls.append((spec.label, point))
         return point
 
+    def recording_floor(*args):
+        floors.append(real_floor(*args))
+        return floors[-1]
+
     monkeypatch.setattr(throughput, "measure", recording)
+    monkeypatch.setattr(throughput, "measure_weight_floor", recording_floor)
     overrides = [
         "task=throughput", f"model.path={SMOLLM2}", f"results_dir={tmp_path}", "task.text=null",
         "task.methods=[full,window]", "task.m=8", "task.context_lengths=[12]", "task.batch_sizes=[1]",
@@ -191,6 +197,28 @@ def test_repeats_go_round_the_methods_and_pool_into_one_row(tmp_path, monkeypatc
         rounds = [point for name, point in timed if name == label]
         assert all(len(point.step_s) == 2 for point in rounds)  # 4 tokens: 3 decode steps, the first a warm-up
         assert row["decode_tok_s"] == round(throughput.Measurement.pooled(rounds).decode_tok_s, 2)
+        assert row["floor_ms"] == round(1000 * min(floors), 2) and len(floors) == 2  # one per round, the best
+
+
+def test_pooled_repeats_keep_every_step_the_median_prefill_and_the_largest_memory():
+    from experiments.tasks.throughput import Measurement
+
+    repeats = [
+        Measurement(
+            prefill_s=p,
+            step_s=steps,
+            batch_size=2,
+            prompt_tokens=8,
+            kv_bytes=kv,
+            kv_decode_bytes=kv // 2,
+            peak_mem_mb=mem,
+        )
+        for p, steps, kv, mem in ((0.3, [0.01, 0.02], 100, 5.0), (0.1, [0.03], 300, 4.0), (0.2, [0.04], 200, 6.0))
+    ]
+    pooled = Measurement.pooled(repeats)
+    assert pooled.step_s == [0.01, 0.02, 0.03, 0.04] and pooled.prefill_s == 0.2
+    assert (pooled.kv_bytes, pooled.kv_decode_bytes, pooled.peak_mem_mb) == (300, 150, 6.0)
+    assert pooled.decode_tok_s == pytest.approx(2 * 4 / 0.10)
 
 
 def test_decode_rate_spread_stays_between_the_measured_steps():
