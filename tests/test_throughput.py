@@ -232,3 +232,38 @@ def test_decode_rate_spread_stays_between_the_measured_steps():
     p10, p90 = point.decode_tok_s_spread()
     rates = sorted(2 / s for s in steps)
     assert rates[0] <= p10 <= rates[1] and rates[-2] <= p90 <= rates[-1]
+
+
+def _composed(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=["task=throughput", *overrides]), resolve=True)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "task.text=null",
+        "task.packing.kv_budget_mb=null",
+        "task.packing.kv_budget_mb=0.8",
+        "task.profile.context_length=null",
+    ],
+)
+def test_the_throughput_tasks_documented_nulls_pass_the_config_check(override):
+    """conf/task/throughput.yaml: null text (random ids), null kv_budget_mb (no packing), null
+    profile.context_length (no profile), and a budget in fractions of a MB (make throughput uses the nulls)."""
+    from experiments.infra.checks import check_config
+
+    check_config(_composed(override))
+
+
+def test_a_kv_budget_in_words_is_refused():
+    from adore import ConfigError
+    from experiments.infra.checks import check_config
+
+    with pytest.raises(ConfigError, match="task.packing.kv_budget_mb must be a number or null"):
+        check_config(_composed("task.packing.kv_budget_mb=lots"))

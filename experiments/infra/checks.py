@@ -32,8 +32,12 @@ POSITIVE = {
     "dataset.query_every", "dataset.distance", "dataset.max_prompt_chars", "dataset.train_size", "task.window",
     "task.chunk", "task.answer_tokens", "bertscore.num_layers",
 }  # fmt: skip
-#: Types of keys whose default is ``null`` (the default's own type says nothing there).
+#: Types of keys whose default is ``null`` (the default's own type says nothing there), or that take
+#: more than their default's type (``null`` to skip a part, a fraction of a MB).
 NULL_DEFAULT_TYPES: dict[str, Any] = {
+    "task.text": str | None,
+    "task.packing.kv_budget_mb": float | None,
+    "task.profile.context_length": int | None,
     "dataset.limit": int | None,
     "dataset.path": str | None,
     "dataset.max_tokens": int | None,
