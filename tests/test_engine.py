@@ -184,6 +184,11 @@ def test_a_stacked_move_equals_each_layers_own_move():
             assert torch.equal(mine.view(name), theirs.view(name)), name
     stacked[1].append({"keys": torch.randn(B, H, 3, D), "valid": torch.ones(B, H, 3, dtype=torch.bool)}, S + 2)
     assert not stack.intact()  # it outgrew its row: moved to buffers of its own
+    assert stack.members() == [stacked[0], stacked[2]]
+    before = [store.view("keys").clone() for store in stacked]
+    stack.release()  # the others get buffers of their own, with the same contents
+    assert len({store.buffers["keys"].untyped_storage().data_ptr() for store in stacked}) == 3
+    assert all(torch.equal(store.view("keys"), kept) for store, kept in zip(stacked, before, strict=True))
     other = SlotStore()
     other.append({"keys": torch.randn(B, H, S, D + 1), "valid": torch.ones(B, H, S, dtype=torch.bool)}, S + 1)
     assert not StackedSlots.fits([alone[0], other])  # shapes differ

@@ -478,7 +478,9 @@ class PolicyCache(Cache):
         if not self.policy.evicts_now(first):
             return
         plan = first.plan_eviction(self.policy.layer_target(first))
-        if self._stacked is not None and self._stacked.intact() and first.moves_in_place(plan):
+        if self._stacked is not None and not self._stacked.intact():
+            self._unstack()  # a layer left it (its slots replaced from outside): no partial stacks
+        if self._stacked is not None and first.moves_in_place(plan):
             self._stacked.move_last_into(plan.victim)  # every layer's slots in one scatter per name
             with writable():
                 for layer in self.layers:
@@ -486,7 +488,7 @@ class PolicyCache(Cache):
             return
         for layer in self.layers:
             layer.apply(plan)
-        if self._stackable and (self._stacked is None or not self._stacked.intact()):
+        if self._stackable and self._stacked is None:
             self._stack()
 
     def _stack(self) -> None:
@@ -505,10 +507,11 @@ class PolicyCache(Cache):
 
     def _unstack(self) -> None:
         """Every layer back in buffers of its own, for good: steps that feed several tokens would move
-        each layer out of the stack while the stack still holds its row, and restack after every step.
-        The copies exist beside the stack for a moment, twice the bounded cache, which fits under the
-        high-water mark for the same reason the stack did; counted all the same."""
-        copies = sum(layer.kv_bytes() for layer in self.layers)
+        each layer out of the stack while the stack still holds its row (and restack after every step),
+        and a layer that left it would keep it alive through the others. The copies exist beside the
+        stack for a moment, at most twice the bounded cache, which fits under the high-water mark for
+        the same reason the stack did; counted all the same."""
+        copies = sum(store.kv_bytes for store in self._stacked.members())
         self.note_held(copies)
         self._stacked.release()
         self._stacked, self._stackable = None, False

@@ -155,11 +155,15 @@ class StackedSlots:
         length = self.stores[0].length
         return all(s.buffers is row and s.length == length for s, row in zip(self.stores, self._rows, strict=True))
 
+    def members(self) -> list[SlotStore]:
+        """The stores whose buffers are still their rows of the stack."""
+        return [store for store, row in zip(self.stores, self._rows, strict=True) if store.buffers is row]
+
     def release(self) -> None:
-        """Give every store buffers of its own again (a copy of its row); the stack is freed with the
-        last reference to it."""
+        """Give every store still in the stack buffers of its own again (a copy of its row); the stack
+        is freed with the last reference to it."""
         with writable():
-            for store in self.stores:
+            for store in self.members():
                 store.buffers = {name: buffer.clone() for name, buffer in store.buffers.items()}
 
     def move_last_into(self, slot: torch.Tensor) -> None:
