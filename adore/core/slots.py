@@ -126,9 +126,10 @@ class StackedSlots:
     store's buffers the views of its layer's row (appends and in-place replaces write through them).
 
     A uniform policy evicts the same slot of every layer: one-in/one-out is then one scatter per name
-    for all layers, instead of one per layer and name (about a millisecond a step at 30 layers). Built
-    from stores that :meth:`fits`; a store that reallocates leaves the stack
-    (:meth:`intact` turns false) and the cache falls back to per-layer moves.
+    for all layers, instead of one per layer and name (about a millisecond a step at 30 layers, in
+    isolation; within a whole step, less than this CPU's noise). Built from stores that :meth:`fits`;
+    a store that reallocates leaves the stack (:meth:`intact` turns false), and the cache then gives
+    the others buffers of their own (:meth:`release`) and moves slots layer by layer.
     """
 
     def __init__(self, stores: list[SlotStore]) -> None:
