@@ -26,6 +26,14 @@ def writable():
     return nullcontext() if torch.is_inference_mode_enabled() else torch.inference_mode()
 
 
+def _move_last_into(buffer: torch.Tensor, slot: torch.Tensor, last: int, lead: int = 0) -> None:
+    """Slot ``last`` of ``buffer`` (``[*lead dims, B, H, capacity, ...]``) overwrites ``slot`` (``[B, H, 1]``,
+    the same in every leading row) in every (sequence, head)."""
+    leading, trailing = buffer.shape[:lead], buffer.shape[lead + 3 :]
+    index = slot.view(*([1] * lead), *slot.shape, *([1] * len(trailing))).expand(*leading, *slot.shape, *trailing)
+    buffer.scatter_(lead + 2, index, buffer.narrow(lead + 2, last, 1).clone())
+
+
 def _is_prefix_view(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
     """``tensor`` is ``buffer[:, :, :S]`` itself (same memory, same layout): nothing to copy."""
     return tensor.data_ptr() == buffer.data_ptr() and tensor.stride() == buffer.stride()
@@ -84,8 +92,7 @@ class SlotStore:
         with writable():
             last = self.length - 1
             for buffer in self.buffers.values():
-                index = slot.view(*slot.shape, *([1] * (buffer.dim() - 3))).expand(*slot.shape, *buffer.shape[3:])
-                buffer.scatter_(2, index, buffer.narrow(2, last, 1).clone())
+                _move_last_into(buffer, slot, last)
             self.length = last
 
     def replace(self, tensors: dict[str, torch.Tensor], capacity: int) -> None:
@@ -154,7 +161,7 @@ class StackedSlots:
     def intact(self) -> bool:
         """Whether every store still lives in the stack and all use the same number of slots."""
         length = self.stores[0].length
-        return all(s.buffers is row and s.length == length for s, row in zip(self.stores, self._rows, strict=True))
+        return len(self.members()) == len(self.stores) and all(s.length == length for s in self.stores)
 
     def members(self) -> list[SlotStore]:
         """The stores whose buffers are still their rows of the stack."""
@@ -170,12 +177,9 @@ class StackedSlots:
     def move_last_into(self, slot: torch.Tensor) -> None:
         """:meth:`SlotStore.move_last_into` for every layer at once (``slot`` ``[B, H, 1]``, the same in
         every layer)."""
-        layers = len(self.stores)
         with writable():
             last = self.stores[0].length - 1
             for buffer in self.buffers.values():
-                trailing = buffer.shape[4:]
-                index = slot.view(1, *slot.shape, *([1] * len(trailing))).expand(layers, *slot.shape, *trailing)
-                buffer.scatter_(3, index, buffer.narrow(3, last, 1).clone())
+                _move_last_into(buffer, slot, last, lead=1)
         for store in self.stores:
             store.length = last
