@@ -4,6 +4,8 @@
   scores, or a corpus score such as BLEU recomputed on each resample).
 * :func:`block_bootstrap_ci`: the same over contiguous blocks of a stream's tokens (per-token NLLs are
   correlated, so tokens are not resampled one by one).
+* :func:`stratified_ratio_ci`: a ratio of two means whose samples come in strata (the rounds of a speed
+  run), each stratum resampled within itself.
 * :func:`paired_comparison`: two methods on the same samples: the mean difference, its bootstrap
   interval, a two-sided sign-flip permutation p-value, and the smallest difference the run could
   detect (80% power at alpha 0.05), so that "no difference" can be told from "too few samples".
@@ -90,6 +92,39 @@ def block_bootstrap_ci(
     draws = rng.integers(0, len(sums), size=(resamples, len(sums)))
     perplexities = np.exp(sums[draws].sum(axis=1) / counts[draws].sum(axis=1))
     return _percentile_interval(perplexities, confidence)
+
+
+def stratified_ratio_ci(
+    numerator: Sequence[Sequence[float]],
+    denominator: Sequence[Sequence[float]],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``mean(numerator) / mean(denominator)``, each side given as
+    strata (``[stratum][sample]``, e.g. a method's decode steps per round of a speed run).
+
+    Every stratum is resampled within itself, keeping its count, so a difference *between* strata (the
+    machine slower in one round than in another, alike for methods that alternate) is not read as
+    noise; the interval covers the sampling noise within them. ``None`` when a side has fewer than
+    two samples in all.
+    """
+
+    def resampled_sums(strata: Sequence[Sequence[float]], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        total, count = np.zeros(resamples), 0
+        for stratum in strata:
+            values = np.asarray(stratum, dtype=np.float64)
+            if len(values):
+                total += values[rng.integers(0, len(values), size=(resamples, len(values)))].sum(axis=1)
+                count += len(values)
+        return total, count
+
+    if sum(map(len, numerator)) < 2 or sum(map(len, denominator)) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    top, n_top = resampled_sums(numerator, rng)
+    bottom, n_bottom = resampled_sums(denominator, rng)
+    return _percentile_interval((top / n_top) / (bottom / n_bottom), confidence)
 
 
 @dataclass(frozen=True)

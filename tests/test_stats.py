@@ -16,6 +16,7 @@ from experiments.stats import (
     half_width,
     paired_block_comparison,
     paired_comparison,
+    stratified_ratio_ci,
 )
 
 
@@ -133,3 +134,23 @@ def test_paired_block_comparison_widens_for_correlated_windows():
     assert runs.difference == pytest.approx(single.difference)
     assert (runs.ci[1] - runs.ci[0]) > 1.3 * (single.ci[1] - single.ci[0])
     assert runs.p_value > single.p_value and runs.detectable > single.detectable
+
+
+def test_stratified_ratio_matches_the_exact_bootstrap_of_a_tiny_case():
+    # Numerator [1, 3] resamples to a mean of 1, 2 or 3 (probabilities 1/4, 1/2, 1/4); the denominator
+    # [2, 2] always to 2: the ratio's 2.5th and 97.5th percentiles are 0.5 and 1.5.
+    assert stratified_ratio_ci([[1.0, 3.0]], [[2.0, 2.0]]) == pytest.approx((0.5, 1.5))
+
+
+def test_stratified_ratio_resamples_within_each_stratum_only():
+    """Two rounds, each constant within itself but far apart: resampled within rounds, every draw has
+    the same mean, so the interval is the point; resampled across them it would not be."""
+    slow_and_fast = [[1.0] * 5, [3.0] * 5]
+    assert stratified_ratio_ci(slow_and_fast, [[2.0] * 4]) == pytest.approx((1.0, 1.0))
+    pooled = bootstrap_ci([1.0] * 5 + [3.0] * 5)
+    assert pooled[1] - pooled[0] > 0.5  # what ignoring the rounds would have claimed as noise
+
+
+def test_stratified_ratio_needs_two_samples_a_side():
+    assert stratified_ratio_ci([[1.0]], [[1.0, 2.0]]) is None
+    assert stratified_ratio_ci([[1.0], [2.0]], [[1.0, 2.0]]) is not None  # two rounds of one step each

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from adore import ConfigError
 from adore.methods import build_policy
 from experiments.results import COST_KEYS, ROW_KEYS, SPREAD_KEYS, THREAD_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
@@ -18,7 +19,9 @@ from experiments.throughput import (
     method_specs,
     packing_gain,
     packing_gains,
+    reference_labels,
     roofline_tok_s,
+    speedups,
     weight_bytes,
 )
 from tests.conftest import SMOLLM2, tiny_llama
@@ -151,8 +154,21 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     for figure in ("tok_s_vs_context.png", "memory_vs_context.pdf", "packing.png", "step_profile.png"):
         assert (folder / figure).is_file(), figure
         (folder / figure).unlink()
+    # Speedups over the default reference (full), keyed by point, equal to the rows' tok/s ratios.
+    rates = {(r["method"], r["batch_size"]): r["decode_tok_s"] for r in grid}
+    entries = {(e["method"], e["batch_size"]): e for e in summary["speedups"]}
+    assert set(entries) == {(m, b) for m in ("hf_generate", "window m=8") for b in (1, 2)}
+    for (method, batch), entry in entries.items():
+        assert entry["reference"] == "full" and entry["context_length"] == 12 and entry["steps"] == 3
+        name = method.split()[0]
+        assert entry["ratio"] == pytest.approx(rates[(name, batch)] / rates[("full", batch)], rel=0.01)
+        assert entry["ci"][0] <= entry["ratio"] <= entry["ci"][1]
+    assert "Decode tok/s over full" in (folder / "table.md").read_text()
+    assert (folder / "speedups.png").is_file()
+    (folder / "speedups.png").unlink()
     table = (folder / "table.md").read_text()
     assert refresh(folder) == table  # rebuilt from the rows and summary.json alone
+    assert (folder / "speedups.png").is_file()
     assert (folder / "packing.png").is_file() and (folder / "tok_s_vs_context.png").is_file()
 
 
@@ -198,6 +214,37 @@ def test_repeats_go_round_the_methods_and_pool_into_one_row(tmp_path, monkeypatc
         assert all(len(point.step_s) == 2 for point in rounds)  # 4 tokens: 3 decode steps, the first a warm-up
         assert row["decode_tok_s"] == round(throughput.Measurement.pooled(rounds).decode_tok_s, 2)
         assert row["floor_ms"] == round(1000 * min(floors), 2) and len(floors) == 2  # one per round, the best
+
+
+def test_speedups_divide_mean_steps_at_the_same_point_only():
+    """Each method over each reference where both ran: the reference's mean step over the method's
+    (so the ratio of their tok/s); rounds constant within themselves give a point interval."""
+    timings = [
+        {"method": "full", "context_length": 8, "batch_size": 1, "rounds": [[0.2, 0.2], [0.4]]},
+        {"method": "window m=4", "context_length": 8, "batch_size": 1, "rounds": [[0.1, 0.1], [0.2]]},
+        {"method": "window m=4", "context_length": 16, "batch_size": 1, "rounds": [[0.1], [0.1]]},  # no full here
+        {"method": "h2o m=4", "context_length": 8, "batch_size": 1, "rounds": [[0.3, 0.1], [0.2]]},
+    ]
+    entries = speedups(timings, ["full", "window m=4"])
+    got = {(e["method"], e["reference"], e["context_length"]): e for e in entries}
+    assert set(got) == {("window m=4", "full", 8), ("h2o m=4", "full", 8), ("full", "window m=4", 8),
+                        ("h2o m=4", "window m=4", 8)}  # fmt: skip
+    window = got[("window m=4", "full", 8)]
+    assert window["ratio"] == pytest.approx(2.0) and window["ci"] == pytest.approx([2.0, 2.0])
+    assert (window["steps"], window["reference_steps"], window["rounds"]) == (3, 3, 2)
+    assert got[("full", "window m=4", 8)]["ratio"] == pytest.approx(0.5)
+    h2o = got[("h2o m=4", "full", 8)]
+    assert h2o["ratio"] == pytest.approx((0.8 / 3) / (0.6 / 3)) and h2o["ci"][0] < h2o["ratio"] < h2o["ci"][1]
+
+
+def test_references_name_one_method_each():
+    specs = method_specs({"methods": ["full", "window", {"name": "adore", "R": 0}, {"name": "adore", "R": 8}],
+                          "m": 16, "R": 0})  # fmt: skip
+    assert reference_labels(["full", "window", "adore m=16 R=8"], specs) == ["full", "window m=16", "adore m=16 R=8"]
+    with pytest.raises(ConfigError, match="'adore' matches 'adore m=16 R=0', 'adore m=16 R=8'; name one"):
+        reference_labels(["adore"], specs)
+    with pytest.raises(ConfigError, match="'h2o' is not in task.methods"):
+        reference_labels(["h2o"], specs)
 
 
 def test_pooled_repeats_keep_every_step_the_median_prefill_and_the_largest_memory():

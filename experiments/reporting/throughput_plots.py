@@ -1,5 +1,6 @@
-"""Figures of a throughput run: tokens/s and memory against context, the packing result, and
-ADORE's overhead against window attention at the same budget. PNG and PDF, into the run folder."""
+"""Figures of a throughput run: tokens/s and memory against context, the packing result,
+ADORE's overhead against window attention at the same budget, and each method's speedup over the
+run's references with its interval. PNG and PDF, into the run folder."""
 
 from __future__ import annotations
 
@@ -55,8 +56,33 @@ def plot_profile(profiles: dict[str, dict[str, float]], folder: Path, title: str
     _save(figure, folder, "step_profile")
 
 
+def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> None:
+    """One panel per reference: each method's decode tok/s over it at every point, with its 95%
+    interval; the line at 1 is the reference itself."""
+    references = list(dict.fromkeys(e["reference"] for e in entries))
+    if not references:
+        return
+    figure, axes = new_figure(cols=len(references), figsize=(5.2 * len(references), 3.8))
+    for axis, reference in zip([axes] if len(references) == 1 else axes, references, strict=True):
+        mine = [e for e in entries if e["reference"] == reference]
+        points = sorted({(e["batch_size"], e["context_length"]) for e in mine})
+        methods = list(dict.fromkeys(e["method"] for e in mine))
+        for offset, method in enumerate(methods):
+            shown = [e for e in mine if e["method"] == method]
+            x = [points.index((e["batch_size"], e["context_length"])) + (offset - (len(methods) - 1) / 2) * 0.12
+                 for e in shown]  # fmt: skip
+            y = [e["ratio"] for e in shown]
+            spans = [(e["ratio"] - e["ci"][0], e["ci"][1] - e["ratio"]) if e["ci"] else (0.0, 0.0) for e in shown]
+            axis.errorbar(x, y, yerr=list(zip(*spans, strict=True)), fmt="o", capsize=3, label=method)
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xticks(range(len(points)), [f"batch {b}\n{c}" for b, c in points], fontsize=8)
+        axis.set(ylabel=f"decode tok/s over {reference}", title=f"{title}: over {reference}")
+        axis.legend(fontsize=7)
+    _save(figure, folder, "speedups")
+
+
 def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles: dict[str, dict[str, float]],
-             folder: Path, model: str) -> None:  # fmt: skip
+             folder: Path, model: str, speedups: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
     """Every figure of a throughput run; the curves against context are the report's own figures."""
     from experiments.reporting.report import against_context, load_frame, save_figures
 
@@ -75,3 +101,4 @@ def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles
     if packed:
         plot_packing(packed, folder, model)
     plot_profile(profiles, folder, f"{model}: where a decode step goes")
+    plot_speedups(speedups or [], folder, model)

@@ -45,6 +45,7 @@ from experiments.infra.runtime import PeakMemory, build_row, model_from_config, 
 from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.reporting.throughput_plots import method_label, plot_all
+from experiments.stats import stratified_ratio_ci
 
 HF_GENERATE = "hf_generate"
 CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
@@ -181,6 +182,22 @@ def method_specs(settings: dict[str, Any]) -> list[MethodSpec]:
         params.update(entry)
         specs.append(MethodSpec(name, params, tuple(k for k in entry if k not in ("m", "R"))))
     return specs
+
+
+def reference_labels(references: list[str], specs: list[MethodSpec]) -> list[str]:
+    """The labels of ``task.references``: each entry names one method of ``task.methods``, by its label
+    (``window m=128``) or, where only one method has it, by its name (``window``)."""
+    labels = [spec.label for spec in specs]
+    resolved = []
+    for entry in references or []:
+        matches = [entry] if entry in labels else [spec.label for spec in specs if spec.name == entry]
+        if len(matches) != 1:
+            found = f"matches {', '.join(map(repr, matches))}" if matches else "is not in task.methods"
+            raise ConfigError(
+                f"task.references entry {entry!r} {found}; name one method by its label, one of {', '.join(labels)}"
+            )
+        resolved.append(matches[0])
+    return resolved
 
 
 def prompt_bank(loaded: LoadedModel, settings: dict[str, Any], tokens_needed: int) -> list[int]:
@@ -396,6 +413,32 @@ def run_profiles(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KV
     return out
 
 
+# ---- speedups ------------------------------------------------------------------------------------
+def speedups(timings: list[dict[str, Any]], references: list[str]) -> list[dict[str, Any]]:
+    """Every method's decode tokens/s over each reference's, at each point where both ran, with its
+    95% interval: ``mean(reference step) / mean(method step)`` (the ratio of the rows' ``decode_tok_s``),
+    bootstrapped over the timed steps within each round (:func:`~experiments.stats.stratified_ratio_ci`).
+
+    ``timings``: ``{"method", "context_length", "batch_size", "rounds": [[seconds, ...], ...]}`` per
+    (method, point), as ``summary.json`` keeps them.
+    """
+    at = {(t["method"], t["context_length"], t["batch_size"]): t["rounds"] for t in timings}
+    out = []
+    for reference in references:
+        for method, context_length, batch_size in at:
+            base = at.get((reference, context_length, batch_size))
+            if method == reference or base is None:
+                continue
+            rounds = at[(method, context_length, batch_size)]
+            steps, base_steps = [s for r in rounds for s in r], [s for r in base for s in r]
+            ci = stratified_ratio_ci(base, rounds)
+            out.append({"method": method, "reference": reference, "context_length": context_length,
+                        "batch_size": batch_size, "ratio": statistics.fmean(base_steps) / statistics.fmean(steps),
+                        "ci": None if ci is None else list(ci), "steps": len(steps), "reference_steps": len(base_steps),
+                        "rounds": len(rounds)})  # fmt: skip
+    return out
+
+
 # ---- the task -----------------------------------------------------------------------------------
 @dataclass
 class ThroughputRun:
@@ -496,6 +539,7 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     settings = cfg["task"]
     _check_settings(settings)
     specs = method_specs(settings)
+    references = reference_labels(settings.get("references") or [], specs)
     loaded = model_from_config(cfg)
     if loaded.device.type == "cpu":
         warn_if_shared()
@@ -521,6 +565,7 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         measure(loaded, spec, policy, prompts_for(bank, 64, 1), 4, 0, 1)
 
     roofline: list[dict[str, Any]] = []
+    timings: list[dict[str, Any]] = []  # every timed step by round: what the speedups' intervals resample
     with tqdm(total=len(grid) * len(specs) * settings["repeats"], desc="throughput", unit="run") as bar:
         for context_length, batch_size in grid:
             prompts = prompts_for(bank, context_length, batch_size)
@@ -541,6 +586,8 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 point = Measurement.pooled(repeats[spec.label])
                 began = time.perf_counter() - seconds[spec.label]  # the row's wall time: this method's own
                 run.write_row("throughput", spec, policy, point, context_length, began, min(floors))
+                timings.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
+                                "rounds": [r.step_s for r in repeats[spec.label]]})  # fmt: skip
                 best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
                 roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                  "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
@@ -557,17 +604,21 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "roofline": roofline,
         "packing": packed,
         "profile": profiles,
+        "references": references,
+        "timings": timings,
     }
     print(write_outputs(run.run_dir, run.rows, summary, loaded.name))
     return run.rows
 
 
 def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], model: str) -> str:
-    """``summary.json``, ``table.md`` and the figures of a run; returns the table."""
-    table = summary_table(rows, summary["roofline"], summary["packing"])
+    """``summary.json``, ``table.md`` and the figures of a run; returns the table. The speedups are
+    derived here from the timings (runs before they were kept have none)."""
+    summary["speedups"] = speedups(summary.get("timings") or [], summary.get("references") or [])
+    table = summary_table(rows, summary["roofline"], summary["packing"]) + speedup_tables(summary["speedups"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "table.md").write_text(table)
-    plot_all(rows, summary["packing"], summary["profile"], run_dir, model)
+    plot_all(rows, summary["packing"], summary["profile"], run_dir, model, summary["speedups"])
     return table
 
 
@@ -678,6 +729,28 @@ def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
                 for label, values in cells.items()]  # fmt: skip
         out.append("")
     return "\n".join(out)
+
+
+def speedup_tables(entries: list[dict[str, Any]]) -> str:
+    """Markdown: per reference, each method's decode tok/s over it with its 95% interval, by point."""
+    lines: list[str] = []
+    for reference in dict.fromkeys(e["reference"] for e in entries):
+        mine = [e for e in entries if e["reference"] == reference]
+        points = sorted({(e["batch_size"], e["context_length"]) for e in mine})
+        cells = {(e["method"], e["batch_size"], e["context_length"]): e for e in mine}
+        lines += ["", f"Decode tok/s over {reference} (95% interval: timed steps resampled within each round)", "",
+                  "| method | " + " | ".join(f"batch {b}, {c}" for b, c in points) + " |",
+                  "|---" * (len(points) + 1) + "|"]  # fmt: skip
+        for method in dict.fromkeys(e["method"] for e in mine):
+            row = []
+            for batch, context in points:
+                entry = cells.get((method, batch, context))
+                ci = entry and entry["ci"]
+                row.append(
+                    "-" if entry is None else f"{entry['ratio']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                )
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], packed: dict[str, Any] | None) -> str:
