@@ -232,9 +232,11 @@ def test_speedups_divide_mean_steps_at_the_same_point_only():
     window = got[("window m=4", "full", 8)]
     assert window["ratio"] == pytest.approx(2.0) and window["ci"] == pytest.approx([2.0, 2.0])
     assert (window["steps"], window["reference_steps"], window["rounds"]) == (3, 3, 2)
+    assert window["per_round"] == pytest.approx([2.0, 2.0])
     assert got[("full", "window m=4", 8)]["ratio"] == pytest.approx(0.5)
     h2o = got[("h2o m=4", "full", 8)]
     assert h2o["ratio"] == pytest.approx((0.8 / 3) / (0.6 / 3)) and h2o["ci"][0] < h2o["ratio"] < h2o["ci"][1]
+    assert h2o["per_round"] == pytest.approx([0.2 / 0.2, 0.4 / 0.2])  # round 1: mean 0.2 against 0.2
 
 
 def test_references_name_one_method_each():
@@ -314,3 +316,14 @@ def test_a_kv_budget_in_words_is_refused():
 
     with pytest.raises(ConfigError, match="task.packing.kv_budget_mb must be a number or null"):
         check_config(_composed("task.packing.kv_budget_mb=lots"))
+
+
+def test_refreshing_a_folder_that_is_no_run_exits_with_one_line(tmp_path):
+    from experiments.tasks.throughput import main
+
+    with pytest.raises(
+        SystemExit, match=f"error: {tmp_path} has no summary.json; give the folder of a task=throughput run"
+    ):
+        main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="usage: python -m experiments.tasks.throughput"):
+        main([])

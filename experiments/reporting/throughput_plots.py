@@ -58,7 +58,7 @@ def plot_profile(profiles: dict[str, dict[str, float]], folder: Path, title: str
 
 def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> None:
     """One panel per reference: each method's decode tok/s over it at every point, with its 95%
-    interval; the line at 1 is the reference itself."""
+    interval (bars) and each round's own ratio (crosses); the line at 1 is the reference itself."""
     references = list(dict.fromkeys(e["reference"] for e in entries))
     if not references:
         return
@@ -73,7 +73,10 @@ def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> No
                  for e in shown]  # fmt: skip
             y = [e["ratio"] for e in shown]
             spans = [(e["ratio"] - e["ci"][0], e["ci"][1] - e["ratio"]) if e["ci"] else (0.0, 0.0) for e in shown]
-            axis.errorbar(x, y, yerr=list(zip(*spans, strict=True)), fmt="o", capsize=3, label=method)
+            bars = axis.errorbar(x, y, yerr=list(zip(*spans, strict=True)), fmt="o", capsize=3, label=method)
+            rounds = [(at, r) for at, e in zip(x, shown, strict=True) for r in e.get("per_round") or []]
+            if rounds:  # each round's own ratio: the spread the interval over single steps does not show
+                axis.scatter(*zip(*rounds, strict=True), marker="x", s=14, linewidths=0.8, color=bars[0].get_color())
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.set_xticks(range(len(points)), [f"batch {b}\n{c}" for b, c in points], fontsize=8)
         axis.set(ylabel=f"decode tok/s over {reference}", title=f"{title}: over {reference}")

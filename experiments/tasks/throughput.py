@@ -432,10 +432,15 @@ def speedups(timings: list[dict[str, Any]], references: list[str]) -> list[dict[
             rounds = at[(method, context_length, batch_size)]
             steps, base_steps = [s for r in rounds for s in r], [s for r in base for s in r]
             ci = stratified_ratio_ci(base, rounds)
+            # Each round's own ratio: the noise between a method's stretches of steps (the machine slower
+            # for seconds at a time), which the interval, resampling single steps, does not see.
+            per_round = [
+                statistics.fmean(b) / statistics.fmean(r) for b, r in zip(base, rounds, strict=False) if b and r
+            ]
             out.append({"method": method, "reference": reference, "context_length": context_length,
                         "batch_size": batch_size, "ratio": statistics.fmean(base_steps) / statistics.fmean(steps),
-                        "ci": None if ci is None else list(ci), "steps": len(steps), "reference_steps": len(base_steps),
-                        "rounds": len(rounds)})  # fmt: skip
+                        "ci": None if ci is None else list(ci), "per_round": per_round, "steps": len(steps),
+                        "reference_steps": len(base_steps), "rounds": len(rounds)})  # fmt: skip
     return out
 
 
@@ -625,7 +630,7 @@ def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
 def refresh(run_dir: str | Path) -> str:
     """Rebuild a finished run's table, packing gains and figures from its rows and ``summary.json``
     (after a change to the summary or plotting code; nothing is measured again):
-    ``python -m experiments.throughput results/throughput/runs/<run_id>``."""
+    ``python -m experiments.tasks.throughput results/throughput/runs/<run_id>``."""
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise ConfigError(f"{run_dir} has no summary.json; give the folder of a task=throughput run")
@@ -731,24 +736,32 @@ def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
     return "\n".join(out)
 
 
+def _speedup_cell(entry: dict[str, Any] | None) -> str:
+    """``ratio [lo, hi]; rounds r1, r2, ...`` (the rounds where more than one ran)."""
+    if entry is None:
+        return "-"
+    cell = f"{entry['ratio']:.3f}"
+    if entry["ci"]:
+        cell += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+    if len(entry.get("per_round") or []) > 1:
+        cell += "; rounds " + ", ".join(f"{r:.3f}" for r in entry["per_round"])
+    return cell
+
+
 def speedup_tables(entries: list[dict[str, Any]]) -> str:
-    """Markdown: per reference, each method's decode tok/s over it with its 95% interval, by point."""
+    """Markdown: per reference, each method's decode tok/s over it by point, with its 95% interval and
+    each round's own ratio."""
     lines: list[str] = []
     for reference in dict.fromkeys(e["reference"] for e in entries):
         mine = [e for e in entries if e["reference"] == reference]
         points = sorted({(e["batch_size"], e["context_length"]) for e in mine})
         cells = {(e["method"], e["batch_size"], e["context_length"]): e for e in mine}
-        lines += ["", f"Decode tok/s over {reference} (95% interval: timed steps resampled within each round)", "",
+        lines += ["", f"Decode tok/s over {reference}: the ratio, its 95% interval (timed steps resampled within "
+                  "each round) and each round's own ratio", "",
                   "| method | " + " | ".join(f"batch {b}, {c}" for b, c in points) + " |",
                   "|---" * (len(points) + 1) + "|"]  # fmt: skip
         for method in dict.fromkeys(e["method"] for e in mine):
-            row = []
-            for batch, context in points:
-                entry = cells.get((method, batch, context))
-                ci = entry and entry["ci"]
-                row.append(
-                    "-" if entry is None else f"{entry['ratio']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                )
+            row = [_speedup_cell(cells.get((method, batch, context))) for batch, context in points]
             lines.append(f"| {method} | " + " | ".join(row) + " |")
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -783,8 +796,16 @@ def summary_table(rows: list[dict[str, Any]], roofline: list[dict[str, Any]], pa
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    import sys
+def main(folders: list[str]) -> None:
+    """``python -m experiments.tasks.throughput <run folder> ...``: :func:`refresh` each folder."""
+    if not folders:
+        raise SystemExit("usage: python -m experiments.tasks.throughput results/throughput/runs/<run_id> ...")
+    for folder in folders:
+        try:
+            print(refresh(folder))
+        except ConfigError as error:
+            raise SystemExit(f"error: {error}") from None
 
-    for folder in sys.argv[1:]:
-        print(refresh(folder))
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
