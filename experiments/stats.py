@@ -5,7 +5,8 @@
 * :func:`block_bootstrap_ci`: the same over contiguous blocks of a stream's tokens (per-token NLLs are
   correlated, so tokens are not resampled one by one).
 * :func:`stratified_ratio_ci`: a ratio of two means whose samples come in strata (the rounds of a speed
-  run), each stratum resampled within itself.
+  run), each stratum resampled within itself; :func:`paired_cluster_ratio_ci`: the same with whole
+  clusters resampled, paired across the two sides (the interleaved turns of two methods).
 * :func:`paired_comparison`: two methods on the same samples: the mean difference, its bootstrap
   interval, a two-sided sign-flip permutation p-value, and the smallest difference the run could
   detect (80% power at alpha 0.05), so that "no difference" can be told from "too few samples".
@@ -125,6 +126,26 @@ def stratified_ratio_ci(
     top, n_top = resampled_sums(numerator, rng)
     bottom, n_bottom = resampled_sums(denominator, rng)
     return _percentile_interval((top / n_top) / (bottom / n_bottom), confidence)
+
+
+def paired_cluster_ratio_ci(
+    numerator: Sequence[Sequence[float]],
+    denominator: Sequence[Sequence[float]],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``mean(numerator) / mean(denominator)`` where cluster ``k`` of
+    both sides belongs together (``[cluster][sample]``; e.g. turn ``k`` of two methods decoding in
+    alternation): whole clusters are resampled, the same indices on both sides, so the noise between
+    clusters (a stretch of a slow machine) enters the interval while what clusters share cancels.
+    ``None`` with fewer than two clusters or unequal counts of them."""
+    if len(numerator) != len(denominator) or len(numerator) < 2:
+        return None
+    sums = np.array([[sum(a), len(a), sum(b), len(b)] for a, b in zip(numerator, denominator, strict=True)])
+    rng = np.random.default_rng(seed)
+    drawn = sums[rng.integers(0, len(sums), size=(resamples, len(sums)))].sum(axis=1)  # [resamples, 4]
+    return _percentile_interval((drawn[:, 0] / drawn[:, 1]) / (drawn[:, 2] / drawn[:, 3]), confidence)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from experiments.stats import (
     corpus_ci,
     half_width,
     paired_block_comparison,
+    paired_cluster_ratio_ci,
     paired_comparison,
     stratified_ratio_ci,
 )
@@ -154,3 +155,20 @@ def test_stratified_ratio_resamples_within_each_stratum_only():
 def test_stratified_ratio_needs_two_samples_a_side():
     assert stratified_ratio_ci([[1.0]], [[1.0, 2.0]]) is None
     assert stratified_ratio_ci([[1.0], [2.0]], [[1.0, 2.0]]) is not None  # two rounds of one step each
+
+
+def test_paired_cluster_ratio_matches_the_exact_bootstrap_of_a_tiny_case():
+    # Clusters drawn as (0, 0), (0, 1), (1, 0), (1, 1): numerator means 1, 2, 2, 3 over the
+    # denominator's 2 every time; the 2.5th and 97.5th percentiles are 0.5 and 1.5.
+    assert paired_cluster_ratio_ci([[1.0], [3.0]], [[2.0], [2.0]]) == pytest.approx((0.5, 1.5))
+
+
+def test_paired_clusters_cancel_what_both_sides_share():
+    """A turn twice as slow for both methods moves neither's ratio: resampling the same turns on both
+    sides gives the point; resampling them independently would not."""
+    fast_then_slow = [[1.0, 1.0], [3.0, 3.0]]
+    assert paired_cluster_ratio_ci(fast_then_slow, [[2.0, 2.0], [6.0, 6.0]]) == pytest.approx((0.5, 0.5))
+    unpaired = stratified_ratio_ci([[1.0, 1.0, 3.0, 3.0]], [[2.0, 2.0, 6.0, 6.0]])
+    assert unpaired[1] - unpaired[0] > 0.2
+    assert paired_cluster_ratio_ci([[1.0]], [[1.0]]) is None  # one turn: no interval
+    assert paired_cluster_ratio_ci([[1.0], [2.0]], [[1.0]]) is None  # turns do not pair

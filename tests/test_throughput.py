@@ -104,7 +104,8 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         "task.batch_sizes=[1,2]", "task.new_tokens=5", "task.warmup_steps=1",
         "task.packing.kv_budget_mb=0.8", "task.packing.context_length=12", "task.packing.max_batch=4",
         "task.packing.methods=[full,window]", "task.profile.context_length=12", "task.profile.new_tokens=4",
-        "task.profile.methods=[window]", "task.profile.batch_sizes=[1,2]",
+        "task.profile.methods=[window]", "task.profile.batch_sizes=[1,2]", "task.interleave.turns=3",
+        "task.interleave.steps=2",
     ]  # fmt: skip
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         from omegaconf import OmegaConf
@@ -164,6 +165,13 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         assert entry["ratio"] == pytest.approx(rates[(name, batch)] / rates[("full", batch)], rel=0.01)
         assert entry["ci"][0] <= entry["ratio"] <= entry["ci"][1]
     assert "Decode tok/s over full" in (folder / "table.md").read_text()
+    # The interleaved pass: the engine's methods (not generate), 3 turns of 2 steps at every point.
+    turns = {(t["method"], t["batch_size"]): t["rounds"] for t in summary["interleaved"]}
+    assert set(turns) == {(m, b) for m in ("full", "window m=8") for b in (1, 2)}
+    assert all(len(rounds) == 3 and all(len(turn) == 2 for turn in rounds) for rounds in turns.values())
+    paired = {(e["method"], e["reference"], e["batch_size"]) for e in summary["interleaved_speedups"]}
+    assert paired == {("window m=8", "full", 1), ("window m=8", "full", 2)}
+    assert "Decode tok/s over full, interleaved turns" in (folder / "table.md").read_text()
     assert (folder / "speedups.png").is_file()
     (folder / "speedups.png").unlink()
     table = (folder / "table.md").read_text()
@@ -237,6 +245,19 @@ def test_speedups_divide_mean_steps_at_the_same_point_only():
     h2o = got[("h2o m=4", "full", 8)]
     assert h2o["ratio"] == pytest.approx((0.8 / 3) / (0.6 / 3)) and h2o["ci"][0] < h2o["ratio"] < h2o["ci"][1]
     assert h2o["per_round"] == pytest.approx([0.2 / 0.2, 0.4 / 0.2])  # round 1: mean 0.2 against 0.2
+
+
+def test_a_session_decoding_in_turns_is_generate_continued(tiny_model):
+    """Turns of 2 and 3 steps continue one decode: the tokens generate() gives, at consecutive positions."""
+    from adore import DecodingEngine
+    from experiments.tasks.throughput import DecodeSession
+
+    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(3))
+    engine = DecodingEngine(tiny_model, build_policy("full"))
+    session = DecodeSession(engine, prompt, 5)
+    assert len(session.steps(2)) == 2 and len(session.steps(3)) == 3
+    assert [int(t) for t in session.fed] == engine.generate(prompt.tolist(), 6).tokens[0][:5]
+    assert session.cache.layers[0].positions[0, 0].tolist() == list(range(9 + 5))
 
 
 def test_references_name_one_method_each():
@@ -327,3 +348,13 @@ def test_refreshing_a_folder_that_is_no_run_exits_with_one_line(tmp_path):
         main([str(tmp_path)])
     with pytest.raises(SystemExit, match="usage: python -m experiments.tasks.throughput"):
         main([])
+
+
+@pytest.mark.parametrize("interleave", [{"turns": -1, "steps": 3}, {"turns": 4, "steps": 0}])
+def test_a_bad_interleave_is_refused_before_the_model_loads(interleave):
+    from experiments.tasks.throughput import _check_settings
+
+    settings = {"context_lengths": [8], "batch_sizes": [1], "new_tokens": 4, "warmup_steps": 1, "repeats": 1,
+                "interleave": interleave}  # fmt: skip
+    with pytest.raises(ConfigError, match="task.interleave needs turns >= 0"):
+        _check_settings(settings)

@@ -45,7 +45,7 @@ from experiments.infra.runtime import PeakMemory, build_row, model_from_config, 
 from experiments.infra.tasks import register_task
 from experiments.metrics import latency_percentiles
 from experiments.reporting.throughput_plots import method_label, plot_all
-from experiments.stats import stratified_ratio_ci
+from experiments.stats import paired_cluster_ratio_ci, stratified_ratio_ci
 
 HF_GENERATE = "hf_generate"
 CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
@@ -335,28 +335,67 @@ def measure(
 _PROFILED = ("prepare_step", "update", "evict_uniform", "after_attention", "kv_policy_attention")
 
 
+class DecodeSession:
+    """A batch prefilled now (``prompts`` ``[B, T]``, no padding), then decoded greedily a few steps at a
+    time by :meth:`steps`, each call continuing where the last stopped: what lets several methods' decodes
+    alternate in short turns, and the profiler wrap decode steps alone. ``steps_ahead``: the decode
+    steps that will be asked for in all (full attention allocates its cache once for them)."""
+
+    def __init__(self, engine: DecodingEngine, prompts: torch.Tensor, steps_ahead: int):
+        self.engine, self.cache = engine, engine.new_cache()
+        batch, self.position = prompts.shape
+        self.cache.expected_length = self.position + steps_ahead + 1
+        at = torch.arange(self.position, device=prompts.device).expand(batch, self.position)
+        self.logits = engine.forward(self.cache, prompts, at)
+        self.cache.start_decode()
+        self.fed: list[torch.Tensor] = []  # the greedy token each step fed, ``[B]``
+
+    def steps(self, count: int) -> list[float]:
+        """Decode ``count`` more tokens; each step's seconds."""
+        seconds = []
+        batch = self.logits.shape[0]
+        for _ in range(count):
+            started = time.perf_counter()
+            token = self.logits[:, -1].argmax(-1)
+            position = torch.full((batch, 1), self.position, device=self.logits.device)
+            self.logits = self.engine.forward(self.cache, token[:, None], position)
+            self.engine.synchronize()
+            seconds.append(time.perf_counter() - started)
+            self.fed.append(token)
+            self.position += 1
+        return seconds
+
+
 def decode_steps(engine: DecodingEngine, prompts: torch.Tensor, steps: int) -> Callable[[], list[float]]:
     """Prefill ``prompts`` (``[B, T]``, no padding) now; return the ``steps`` greedy decode steps, to be
     run (and profiled) on their own: a call returns each step's seconds. The prefill, which dwarfs a
     step and varies more than one, stays out of whatever wraps the call."""
-    cache = engine.new_cache()
-    batch, width = prompts.shape
-    cache.expected_length = width + steps + 1
-    logits = engine.forward(cache, prompts, torch.arange(width, device=prompts.device).expand(batch, width))
-    cache.start_decode()
+    session = DecodeSession(engine, prompts, steps)
+    return lambda: session.steps(steps)
 
-    def run() -> list[float]:
-        nonlocal logits
-        seconds = []
-        for step in range(steps):
-            started = time.perf_counter()
-            position = torch.full((batch, 1), width + step, device=prompts.device)
-            logits = engine.forward(cache, logits[:, -1].argmax(-1)[:, None], position)
-            engine.synchronize()
-            seconds.append(time.perf_counter() - started)
-        return seconds
 
-    return run
+def interleaved_turns(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KVPolicy | None],
+                      prompts: list[list[int]], turns: int, steps: int) -> dict[str, list[list[float]]]:  # fmt: skip
+    """Every engine method's cache prefilled once (untimed), then ``turns`` turns in which each method
+    decodes ``steps`` steps in turn: ``{label: [[seconds of each step] per turn]}``. Turns last a fraction
+    of a second, so a stretch of a slow machine reaches the methods of a turn alike, which a whole
+    ``generate`` per method and round cannot promise (``hf_generate`` cannot be resumed and is not here)."""
+    ids = torch.tensor(prompts, device=loaded.device)
+    sessions = {
+        spec.label: DecodeSession(
+            DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id), ids, turns * steps
+        )
+        for spec, policy in zip(specs, policies, strict=True)
+        if policy is not None
+    }
+    for session in sessions.values():
+        session.steps(1)  # the first step after a prefill is a warm-up
+    timed: dict[str, list[list[float]]] = {label: [] for label in sessions}
+    for turn in range(turns):
+        # Every other turn backwards: no method always runs right after the same other one.
+        for label in list(sessions) if turn % 2 == 0 else list(sessions)[::-1]:
+            timed[label].append(sessions[label].steps(steps))
+    return timed
 
 
 def profile_decode(
@@ -414,13 +453,16 @@ def run_profiles(loaded: LoadedModel, specs: list[MethodSpec], policies: list[KV
 
 
 # ---- speedups ------------------------------------------------------------------------------------
-def speedups(timings: list[dict[str, Any]], references: list[str]) -> list[dict[str, Any]]:
+def speedups(timings: list[dict[str, Any]], references: list[str], paired: bool = False) -> list[dict[str, Any]]:
     """Every method's decode tokens/s over each reference's, at each point where both ran, with its
     95% interval: ``mean(reference step) / mean(method step)`` (the ratio of the rows' ``decode_tok_s``),
     bootstrapped over the timed steps within each round (:func:`~experiments.stats.stratified_ratio_ci`).
 
     ``timings``: ``{"method", "context_length", "batch_size", "rounds": [[seconds, ...], ...]}`` per
-    (method, point), as ``summary.json`` keeps them.
+    (method, point), as ``summary.json`` keeps them. ``paired``: the rounds are short interleaved turns,
+    turn ``k`` of every method run back to back; then whole turns are resampled, the same ones for
+    both methods (:func:`~experiments.stats.paired_cluster_ratio_ci`), so the interval covers the noise
+    between turns too.
     """
     at = {(t["method"], t["context_length"], t["batch_size"]): t["rounds"] for t in timings}
     out = []
@@ -431,7 +473,7 @@ def speedups(timings: list[dict[str, Any]], references: list[str]) -> list[dict[
                 continue
             rounds = at[(method, context_length, batch_size)]
             steps, base_steps = [s for r in rounds for s in r], [s for r in base for s in r]
-            ci = stratified_ratio_ci(base, rounds)
+            ci = paired_cluster_ratio_ci(base, rounds) if paired else stratified_ratio_ci(base, rounds)
             # Each round's own ratio: the noise between a method's stretches of steps (the machine slower
             # for seconds at a time), which the interval, resampling single steps, does not see.
             per_round = [
@@ -518,6 +560,12 @@ def _check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError("task.new_tokens must exceed task.warmup_steps + 1")
     if settings["repeats"] <= 0:
         raise ConfigError(f"task.repeats must be positive, got {settings['repeats']}")
+    interleave = settings.get("interleave") or {}
+    if interleave.get("turns", 0) < 0 or (interleave.get("turns") and interleave.get("steps", 0) <= 0):
+        raise ConfigError(
+            f"task.interleave needs turns >= 0 (0: off) and steps > 0, got {interleave!r}; e.g. "
+            "task.interleave.turns=10 task.interleave.steps=3"
+        )
 
 
 def _grid(settings: dict[str, Any]) -> Iterator[tuple[int, int]]:
@@ -571,6 +619,8 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     roofline: list[dict[str, Any]] = []
     timings: list[dict[str, Any]] = []  # every timed step by round: what the speedups' intervals resample
+    interleaved: list[dict[str, Any]] = []  # the same by interleaved turn (task.interleave)
+    interleave = settings.get("interleave") or {}
     with tqdm(total=len(grid) * len(specs) * settings["repeats"], desc="throughput", unit="run") as bar:
         for context_length, batch_size in grid:
             prompts = prompts_for(bank, context_length, batch_size)
@@ -593,6 +643,12 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 run.write_row("throughput", spec, policy, point, context_length, began, min(floors))
                 timings.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                 "rounds": [r.step_s for r in repeats[spec.label]]})  # fmt: skip
+            if interleave.get("turns"):
+                bar.set_postfix_str(f"interleaved turns ctx={context_length} batch={batch_size}")
+                turns = interleaved_turns(loaded, specs, policies, prompts, interleave["turns"], interleave["steps"])
+                interleaved += [{"method": label, "context_length": context_length, "batch_size": batch_size,
+                                 "rounds": rounds} for label, rounds in turns.items()]  # fmt: skip
+                _release_memory()
                 best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
                 roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                  "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
@@ -611,6 +667,7 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "profile": profiles,
         "references": references,
         "timings": timings,
+        "interleaved": interleaved,
     }
     print(write_outputs(run.run_dir, run.rows, summary, loaded.name))
     return run.rows
@@ -619,11 +676,18 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], model: str) -> str:
     """``summary.json``, ``table.md`` and the figures of a run; returns the table. The speedups are
     derived here from the timings (runs before they were kept have none)."""
-    summary["speedups"] = speedups(summary.get("timings") or [], summary.get("references") or [])
-    table = summary_table(rows, summary["roofline"], summary["packing"]) + speedup_tables(summary["speedups"])
+    references = summary.get("references") or []
+    summary["speedups"] = speedups(summary.get("timings") or [], references)
+    summary["interleaved_speedups"] = speedups(summary.get("interleaved") or [], references, paired=True)
+    table = (
+        summary_table(rows, summary["roofline"], summary["packing"])
+        + speedup_tables(summary["speedups"], "timed steps resampled within each round")
+        + speedup_tables(summary["interleaved_speedups"], "whole turns resampled", "interleaved turns")
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "table.md").write_text(table)
-    plot_all(rows, summary["packing"], summary["profile"], run_dir, model, summary["speedups"])
+    plot_all(rows, summary["packing"], summary["profile"], run_dir, model,
+             summary["interleaved_speedups"] or summary["speedups"])  # fmt: skip
     return table
 
 
@@ -737,27 +801,31 @@ def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
 
 
 def _speedup_cell(entry: dict[str, Any] | None) -> str:
-    """``ratio [lo, hi]; rounds r1, r2, ...`` (the rounds where more than one ran)."""
+    """``ratio [lo, hi]; rounds r1, r2, ...`` where more than one round ran, or past four of them (the
+    turns of an interleaved pass) the range of their ratios."""
     if entry is None:
         return "-"
     cell = f"{entry['ratio']:.3f}"
     if entry["ci"]:
         cell += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
-    if len(entry.get("per_round") or []) > 1:
-        cell += "; rounds " + ", ".join(f"{r:.3f}" for r in entry["per_round"])
+    per_round = entry.get("per_round") or []
+    if len(per_round) > 4:
+        cell += f"; {len(per_round)} turns {min(per_round):.3f} to {max(per_round):.3f}"
+    elif len(per_round) > 1:
+        cell += "; rounds " + ", ".join(f"{r:.3f}" for r in per_round)
     return cell
 
 
-def speedup_tables(entries: list[dict[str, Any]]) -> str:
-    """Markdown: per reference, each method's decode tok/s over it by point, with its 95% interval and
-    each round's own ratio."""
+def speedup_tables(entries: list[dict[str, Any]], interval: str, rounds: str = "rounds") -> str:
+    """Markdown: per reference, each method's decode tok/s over it by point, with its 95% interval
+    (``interval`` says how it was resampled) and each round's (or turn's) own ratio."""
     lines: list[str] = []
     for reference in dict.fromkeys(e["reference"] for e in entries):
         mine = [e for e in entries if e["reference"] == reference]
         points = sorted({(e["batch_size"], e["context_length"]) for e in mine})
         cells = {(e["method"], e["batch_size"], e["context_length"]): e for e in mine}
-        lines += ["", f"Decode tok/s over {reference}: the ratio, its 95% interval (timed steps resampled within "
-                  "each round) and each round's own ratio", "",
+        per = "each turn's own ratio" if rounds != "rounds" else "each round's own ratio"
+        lines += ["", f"Decode tok/s over {reference}, {rounds}: the ratio, its 95% interval ({interval}) and {per}", "",
                   "| method | " + " | ".join(f"batch {b}, {c}" for b, c in points) + " |",
                   "|---" * (len(points) + 1) + "|"]  # fmt: skip
         for method in dict.fromkeys(e["method"] for e in mine):
