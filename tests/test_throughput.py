@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 
 from adore import ConfigError
 from adore.methods import build_policy
+from experiments.reporting.throughput_plots import method_label
 from experiments.results import COST_KEYS, ROW_KEYS, SPREAD_KEYS, THREAD_KEYS, THROUGHPUT_KEYS, read_rows
 from experiments.throughput import (
     decode_kv_tokens,
@@ -144,6 +145,9 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
         assert entry["bytes_per_sequence"] == decoding[entry["name"]] * per_token
     assert [(r["method"], r["batch_size"]) for r in rows if r["task"] == "packing"] == [("full", 1), ("window", 2)]
     assert summary["bandwidth_gb_s"] > 0 and all(0 < r["fraction"] for r in summary["roofline"])
+    assert sorted((r["method"], r["batch_size"]) for r in summary["roofline"]) == sorted(
+        (method_label(r), r["batch_size"]) for r in grid
+    )  # one fraction for every row of the grid
     profile = summary["profile"]["window m=8"]
     assert set(profile) >= {"eviction (plan and slicing)", "attention", "step"} and profile["step"] > 0
     assert all(value >= 0 for value in profile.values())

@@ -643,16 +643,16 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 run.write_row("throughput", spec, policy, point, context_length, began, min(floors))
                 timings.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
                                 "rounds": [r.step_s for r in repeats[spec.label]]})  # fmt: skip
+                best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
+                roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
+                                 "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
+                                 "fraction": point.decode_tok_s / best})  # fmt: skip
             if interleave.get("turns"):
                 bar.set_postfix_str(f"interleaved turns ctx={context_length} batch={batch_size}")
                 turns = interleaved_turns(loaded, specs, policies, prompts, interleave["turns"], interleave["steps"])
                 interleaved += [{"method": label, "context_length": context_length, "batch_size": batch_size,
                                  "rounds": rounds} for label, rounds in turns.items()]  # fmt: skip
                 _release_memory()
-                best = roofline_tok_s(bandwidth, weights, point.kv_decode_bytes, batch_size)
-                roofline.append({"method": spec.label, "context_length": context_length, "batch_size": batch_size,
-                                 "decode_tok_s": point.decode_tok_s, "roofline_tok_s": best,
-                                 "fraction": point.decode_tok_s / best})  # fmt: skip
 
     packed = run_packing(run, specs, policies, bank, packing, settings) if packing.get("kv_budget_mb") else None
     profile = settings.get("profile") or {}
@@ -682,7 +682,7 @@ def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
     table = (
         summary_table(rows, summary["roofline"], summary["packing"])
         + speedup_tables(summary["speedups"], "timed steps resampled within each round")
-        + speedup_tables(summary["interleaved_speedups"], "whole turns resampled", "interleaved turns")
+        + speedup_tables(summary["interleaved_speedups"], "whole turns resampled", unit="turn")
     )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "table.md").write_text(table)
@@ -816,16 +816,17 @@ def _speedup_cell(entry: dict[str, Any] | None) -> str:
     return cell
 
 
-def speedup_tables(entries: list[dict[str, Any]], interval: str, rounds: str = "rounds") -> str:
+def speedup_tables(entries: list[dict[str, Any]], interval: str, unit: str = "round") -> str:
     """Markdown: per reference, each method's decode tok/s over it by point, with its 95% interval
-    (``interval`` says how it was resampled) and each round's (or turn's) own ratio."""
+    (``interval`` says how it was resampled) and each ``unit``'s (round or interleaved turn) own ratio."""
     lines: list[str] = []
     for reference in dict.fromkeys(e["reference"] for e in entries):
         mine = [e for e in entries if e["reference"] == reference]
         points = sorted({(e["batch_size"], e["context_length"]) for e in mine})
         cells = {(e["method"], e["batch_size"], e["context_length"]): e for e in mine}
-        per = "each turn's own ratio" if rounds != "rounds" else "each round's own ratio"
-        lines += ["", f"Decode tok/s over {reference}, {rounds}: the ratio, its 95% interval ({interval}) and {per}", "",
+        over = f"{reference}, interleaved turns" if unit == "turn" else reference
+        lines += ["", f"Decode tok/s over {over}: the ratio, its 95% interval ({interval}) and each {unit}'s own ratio",
+                  "",
                   "| method | " + " | ".join(f"batch {b}, {c}" for b, c in points) + " |",
                   "|---" * (len(points) + 1) + "|"]  # fmt: skip
         for method in dict.fromkeys(e["method"] for e in mine):
