@@ -176,6 +176,7 @@ def test_throughput_rows_carry_every_key_and_exact_kv_bytes(tmp_path):
     paired = {(e["method"], e["reference"], e["batch_size"]) for e in summary["interleaved_speedups"]}
     assert paired == {("window m=8", "full", 1), ("window m=8", "full", 2)}
     assert "Decode tok/s over full, interleaved turns" in (folder / "table.md").read_text()
+    assert (folder / "speedups_turns.png").is_file()
     assert (folder / "speedups.png").is_file()
     (folder / "speedups.png").unlink()
     table = (folder / "table.md").read_text()
@@ -268,6 +269,8 @@ def test_references_name_one_method_each():
     specs = method_specs({"methods": ["full", "window", {"name": "adore", "R": 0}, {"name": "adore", "R": 8}],
                           "m": 16, "R": 0})  # fmt: skip
     assert reference_labels(["full", "window", "adore m=16 R=8"], specs) == ["full", "window m=16", "adore m=16 R=8"]
+    assert reference_labels(None, specs) == ["full"]  # the default: full where the run has it
+    assert reference_labels(None, specs[1:]) == [] and reference_labels([], specs) == []
     with pytest.raises(ConfigError, match="'adore' matches 'adore m=16 R=0', 'adore m=16 R=8'; name one"):
         reference_labels(["adore"], specs)
     with pytest.raises(ConfigError, match="'h2o' is not in task.methods"):
@@ -325,6 +328,7 @@ def _composed(*overrides: str) -> dict:
         "task.packing.kv_budget_mb=null",
         "task.packing.kv_budget_mb=0.8",
         "task.profile.context_length=null",
+        "task.references=null",
     ],
 )
 def test_the_throughput_tasks_documented_nulls_pass_the_config_check(override):
@@ -352,6 +356,11 @@ def test_refreshing_a_folder_that_is_no_run_exits_with_one_line(tmp_path):
         main([str(tmp_path)])
     with pytest.raises(SystemExit, match="usage: python -m experiments.tasks.throughput"):
         main([])
+    moved = tmp_path / "elsewhere" / "runs" / "20260101-000000-abcdef"  # a run folder away from its rows
+    moved.mkdir(parents=True)
+    (moved / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="error: no rows of run 20260101-000000-abcdef in .*runs.jsonl"):
+        main([str(moved)])
 
 
 @pytest.mark.parametrize("interleave", [{"turns": -1, "steps": 3}, {"turns": 4, "steps": 0}])

@@ -38,6 +38,7 @@ NULL_DEFAULT_TYPES: dict[str, Any] = {
     "task.text": str | None,
     "task.packing.kv_budget_mb": float | None,
     "task.profile.context_length": int | None,
+    "task.references": list | None,
     "dataset.limit": int | None,
     "dataset.path": str | None,
     "dataset.max_tokens": int | None,

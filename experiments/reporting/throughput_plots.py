@@ -56,7 +56,7 @@ def plot_profile(profiles: dict[str, dict[str, float]], folder: Path, title: str
     _save(figure, folder, "step_profile")
 
 
-def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> None:
+def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str, stem: str = "speedups") -> None:
     """One panel per reference: each method's decode tok/s over it at every point, with its 95%
     interval (bars) and each round's own ratio (crosses); the line at 1 is the reference itself."""
     references = list(dict.fromkeys(e["reference"] for e in entries))
@@ -72,7 +72,9 @@ def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> No
             x = [points.index((e["batch_size"], e["context_length"])) + (offset - (len(methods) - 1) / 2) * 0.12
                  for e in shown]  # fmt: skip
             y = [e["ratio"] for e in shown]
-            spans = [(e["ratio"] - e["ci"][0], e["ci"][1] - e["ratio"]) if e["ci"] else (0.0, 0.0) for e in shown]
+            # Clamped: the bootstrap's sums and the point's mean may differ in the last bit.
+            spans = [(max(0.0, e["ratio"] - e["ci"][0]), max(0.0, e["ci"][1] - e["ratio"])) if e["ci"] else (0.0, 0.0)
+                     for e in shown]  # fmt: skip
             bars = axis.errorbar(x, y, yerr=list(zip(*spans, strict=True)), fmt="o", capsize=3, label=method)
             rounds = [(at, r) for at, e in zip(x, shown, strict=True) for r in e.get("per_round") or []]
             if rounds:  # each round's own ratio: the spread the interval over single steps does not show
@@ -81,11 +83,11 @@ def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str) -> No
         axis.set_xticks(range(len(points)), [f"batch {b}\n{c}" for b, c in points], fontsize=8)
         axis.set(ylabel=f"decode tok/s over {reference}", title=f"{title}: over {reference}")
         axis.legend(fontsize=7)
-    _save(figure, folder, "speedups")
+    _save(figure, folder, stem)
 
 
 def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles: dict[str, dict[str, float]],
-             folder: Path, model: str, speedups: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+             folder: Path, model: str, speedups: dict[str, list[dict[str, Any]]] | None = None) -> None:  # fmt: skip
     """Every figure of a throughput run; the curves against context are the report's own figures."""
     from experiments.reporting.report import against_context, load_frame, save_figures
 
@@ -104,4 +106,5 @@ def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles
     if packed:
         plot_packing(packed, folder, model)
     plot_profile(profiles, folder, f"{model}: where a decode step goes")
-    plot_speedups(speedups or [], folder, model)
+    for stem, entries in (speedups or {}).items():  # speedups.png over rounds, speedups_turns.png over turns
+        plot_speedups(entries, folder, model + (", interleaved turns" if stem.endswith("turns") else ""), stem)

@@ -184,12 +184,15 @@ def method_specs(settings: dict[str, Any]) -> list[MethodSpec]:
     return specs
 
 
-def reference_labels(references: list[str], specs: list[MethodSpec]) -> list[str]:
+def reference_labels(references: list[str] | None, specs: list[MethodSpec]) -> list[str]:
     """The labels of ``task.references``: each entry names one method of ``task.methods``, by its label
-    (``window m=128``) or, where only one method has it, by its name (``window``)."""
+    (``window m=128``) or, where only one method has it, by its name (``window``). ``None`` (the
+    default): ``full`` where the run has it, else none."""
     labels = [spec.label for spec in specs]
+    if references is None:
+        return ["full"] if "full" in labels else []
     resolved = []
-    for entry in references or []:
+    for entry in references:
         matches = [entry] if entry in labels else [spec.label for spec in specs if spec.name == entry]
         if len(matches) != 1:
             found = f"matches {', '.join(map(repr, matches))}" if matches else "is not in task.methods"
@@ -383,13 +386,13 @@ def interleaved_turns(loaded: LoadedModel, specs: list[MethodSpec], policies: li
     ids = torch.tensor(prompts, device=loaded.device)
     sessions = {
         spec.label: DecodeSession(
-            DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id), ids, turns * steps
+            DecodingEngine(loaded.model, policy, pad_token_id=loaded.tokenizer.pad_token_id), ids, 1 + turns * steps
         )
         for spec, policy in zip(specs, policies, strict=True)
         if policy is not None
     }
     for session in sessions.values():
-        session.steps(1)  # the first step after a prefill is a warm-up
+        session.steps(1)  # one untimed step after the prefill: a warm-up, as every round drops its first
     timed: dict[str, list[list[float]]] = {label: [] for label in sessions}
     for turn in range(turns):
         # Every other turn backwards: no method always runs right after the same other one.
@@ -592,7 +595,7 @@ def run_throughput(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     settings = cfg["task"]
     _check_settings(settings)
     specs = method_specs(settings)
-    references = reference_labels(settings.get("references") or [], specs)
+    references = reference_labels(settings.get("references"), specs)
     loaded = model_from_config(cfg)
     if loaded.device.type == "cpu":
         warn_if_shared()
@@ -687,7 +690,7 @@ def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "table.md").write_text(table)
     plot_all(rows, summary["packing"], summary["profile"], run_dir, model,
-             summary["interleaved_speedups"] or summary["speedups"])  # fmt: skip
+             {"speedups": summary["speedups"], "speedups_turns": summary["interleaved_speedups"]})  # fmt: skip
     return table
 
 
@@ -695,11 +698,16 @@ def refresh(run_dir: str | Path) -> str:
     """Rebuild a finished run's table, packing gains and figures from its rows and ``summary.json``
     (after a change to the summary or plotting code; nothing is measured again):
     ``python -m experiments.tasks.throughput results/throughput/runs/<run_id>``."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     if not (run_dir / "summary.json").is_file():
         raise ConfigError(f"{run_dir} has no summary.json; give the folder of a task=throughput run")
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [row for row in read_rows(run_dir.parent.parent) if str(row["run_id"]).startswith(run_dir.name + "-")]
+    if not rows:
+        raise ConfigError(
+            f"no rows of run {run_dir.name} in {run_dir.parent.parent / 'runs.jsonl'}; give a run folder that is "
+            "still under its results folder's runs/"
+        )
     if summary.get("packing"):
         summary["packing"]["gain_percent"] = packing_gains(summary["packing"]["methods"])
     return write_outputs(run_dir, rows, summary, rows[0]["model"])
