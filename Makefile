@@ -56,7 +56,7 @@ throughput: setup
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,streaming_llm,h2o,kv_compression,{name:adore,R:0},{name:adore,R:8},{name:adore,R:0,slicing:matmul}]' 'task.batch_sizes=[1]' task.packing.kv_budget_mb=96 task.packing.max_batch=16 'task.packing.methods=[full,adore]' 'task.profile.methods=[window,adore]' results_dir=$(THROUGHPUT_DIR)
 	$(PY) run.py task=throughput 'task.methods=[hf_generate,full,window,{name:adore,R:0}]' 'task.context_lengths=[4096]' 'task.batch_sizes=[8]' task.packing.kv_budget_mb=null task.profile.context_length=null results_dir=$(THROUGHPUT_DIR)
 
-# The speed comparison of issue 16 (one run; about 30 min here, plus ADORE's ACLSum controller the first
+# The speed comparison of issue 16 (one run; about 35 min here, plus ADORE's ACLSum controller the first
 # time): batch 1 and 8 at contexts 1024 and 4096, one generate of every method at every point (prefill,
 # memory, the rows), then 12 interleaved turns of 3 decode steps of the engine's methods, the
 # weight-sweep floor beside every row, every method's speedup over generate, full and window with its
