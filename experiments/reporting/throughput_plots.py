@@ -87,7 +87,8 @@ def plot_speedups(entries: list[dict[str, Any]], folder: Path, title: str, stem:
 
 
 def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles: dict[str, dict[str, float]],
-             folder: Path, model: str, speedups: dict[str, list[dict[str, Any]]] | None = None) -> None:  # fmt: skip
+             folder: Path, model: str, speedups: list[dict[str, Any]] | None = None,
+             turn_speedups: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
     """Every figure of a throughput run; the curves against context are the report's own figures."""
     from experiments.reporting.report import against_context, load_frame, save_figures
 
@@ -106,5 +107,5 @@ def plot_all(rows: list[dict[str, Any]], packed: dict[str, Any] | None, profiles
     if packed:
         plot_packing(packed, folder, model)
     plot_profile(profiles, folder, f"{model}: where a decode step goes")
-    for stem, entries in (speedups or {}).items():  # speedups.png over rounds, speedups_turns.png over turns
-        plot_speedups(entries, folder, model + (", interleaved turns" if stem.endswith("turns") else ""), stem)
+    plot_speedups(speedups or [], folder, model)  # over the rounds
+    plot_speedups(turn_speedups or [], folder, f"{model}, interleaved turns", "speedups_turns")

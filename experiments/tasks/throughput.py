@@ -689,8 +689,8 @@ def write_outputs(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
     )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "table.md").write_text(table)
-    plot_all(rows, summary["packing"], summary["profile"], run_dir, model,
-             {"speedups": summary["speedups"], "speedups_turns": summary["interleaved_speedups"]})  # fmt: skip
+    plot_all(rows, summary["packing"], summary["profile"], run_dir, model, summary["speedups"],
+             summary["interleaved_speedups"])  # fmt: skip
     return table
 
 
@@ -808,16 +808,16 @@ def speed_grid(rows: list[dict[str, Any]], key: str = "decode_tok_s") -> str:
     return "\n".join(out)
 
 
-def _speedup_cell(entry: dict[str, Any] | None) -> str:
-    """``ratio [lo, hi]; rounds r1, r2, ...`` where more than one round ran, or past four of them (the
-    turns of an interleaved pass) the range of their ratios."""
+def _speedup_cell(entry: dict[str, Any] | None, unit: str) -> str:
+    """``ratio [lo, hi]``, then each round's ratio (``rounds r1, r2``) where more than one ran, or the
+    range of the turns' ratios (``unit="turn"``: an interleaved pass has many)."""
     if entry is None:
         return "-"
     cell = f"{entry['ratio']:.3f}"
     if entry["ci"]:
         cell += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
     per_round = entry.get("per_round") or []
-    if len(per_round) > 4:
+    if len(per_round) > 1 and unit == "turn":
         cell += f"; {len(per_round)} turns {min(per_round):.3f} to {max(per_round):.3f}"
     elif len(per_round) > 1:
         cell += "; rounds " + ", ".join(f"{r:.3f}" for r in per_round)
@@ -838,7 +838,7 @@ def speedup_tables(entries: list[dict[str, Any]], interval: str, unit: str = "ro
                   "| method | " + " | ".join(f"batch {b}, {c}" for b, c in points) + " |",
                   "|---" * (len(points) + 1) + "|"]  # fmt: skip
         for method in dict.fromkeys(e["method"] for e in mine):
-            row = [_speedup_cell(cells.get((method, batch, context))) for batch, context in points]
+            row = [_speedup_cell(cells.get((method, batch, context)), unit) for batch, context in points]
             lines.append(f"| {method} | " + " | ".join(row) + " |")
     return "\n".join(lines) + ("\n" if lines else "")
 
